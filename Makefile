@@ -1,0 +1,55 @@
+# Interpretability & Visualization: the two commands are `make lab` and `make test`.
+# Every target creates .venv on first use (and refreshes it when requirements change).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+KERNEL := interp-course
+NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+
+.PHONY: lab test lint unit notebooks run data bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+## make lab: set everything up, register the kernel and start JupyterLab on notebooks/
+lab: MPLBACKEND :=
+lab: $(STAMP)
+	$(BIN)/python -m ipykernel install --user --name $(KERNEL) \
+		--display-name "Python (interpretability course)" >/dev/null
+	@echo "Kernel '$(KERNEL)' registered. Starting JupyterLab: open the URL printed below."
+	$(BIN)/jupyter lab --no-browser --notebook-dir=notebooks
+
+## make test: lint, unit tests, then every notebook under nbval
+test: $(STAMP) lint unit notebooks
+
+lint: $(STAMP)
+	$(BIN)/ruff check helpers tests benchmarks notebooks
+
+unit: $(STAMP)
+	$(BIN)/pytest tests
+
+notebooks: $(STAMP)
+	$(BIN)/pytest $(NBVAL) notebooks
+
+## make run: execute every notebook headless into build/, with a timing table
+run: $(STAMP)
+	$(BIN)/python -m helpers.run_notebooks notebooks build
+
+## make data: rebuild the shipped DermNet checkpoints (about 10 minutes on 2 cores)
+data: $(STAMP)
+	$(BIN)/python -m helpers.train
+
+## make bench: our helpers against the libraries, as time ratios
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,6 @@
+"""Run every benchmark: ``python -m benchmarks`` (or ``make bench``)."""
+
+from benchmarks import bench_data
+
+if __name__ == "__main__":
+    bench_data.main()

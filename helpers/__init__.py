@@ -1,0 +1,11 @@
+"""The course's one copy of every method, plus the running example (DermSynth, DermNet).
+
+Modules, one per topic:
+    data       DermSynth: synthetic dermoscopy images with ground-truth masks
+    models     DermNet and loading its verified checkpoints
+    train      training and auditing DermNet (python -m helpers.train rebuilds data/)
+    hooks      capture a layer's activation and gradient; hooks always removed
+    metrics    mask mass and the pointing game
+    viz        overlays and grids with one consistent look
+    exercises  checkers for the "Your turn" exercises
+"""

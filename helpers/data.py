@@ -1,0 +1,438 @@
+"""DermSynth: procedurally drawn dermoscopy-like images with ground-truth masks.
+
+Real dermoscopy data cannot tell us what a classifier *should* look at. DermSynth can: every image
+is drawn from a seed, and the generator knows which pixels belong to the lesion and which to each
+artifact (ruler, ink marking, hair, dark dermoscope corners).
+
+Seven classes, named after the HAM10000 categories, each drawn with its textbook dermoscopic cues
+in simplified form:
+
+======  ===============================  ==========================================================
+class   condition                        cues drawn here
+======  ===============================  ==========================================================
+akiec   actinic keratosis / Bowen's      pink-red patch, soft ill-defined border, white scale
+bcc     basal cell carcinoma             pearly pink, thin branching red vessels, blue-grey nests
+bkl     benign keratosis                 waxy light brown, sharp border, white cysts + dark pores
+df      dermatofibroma                   small, brown peripheral ring around a white central scar
+mel     melanoma                         asymmetric, irregular border, several colours, blue veil
+nv      melanocytic nevus                round, symmetric, uniform brown, faint central darkening
+vasc    vascular lesion                  red-purple, sharp border, darker round lacunae
+======  ===============================  ==========================================================
+
+Clinics decide how rulers go with the label. In clinic ``"A"`` a ruler appears in most melanoma
+images and in few others (the shortcut); in clinic ``"B"`` rulers appear at one rate whatever the
+class. Ink, hair and dark corners are independent of the class everywhere.
+
+Every random draw is made for every image whether or not it is used, in a fixed order, so forcing
+``ruler=True`` or ``ruler=False`` changes the ruler and nothing else: the same lesion can be seen
+with and without it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+MEL = CLASSES.index("mel")
+NV = CLASSES.index("nv")
+ARTIFACTS = ("ruler", "ink", "hair", "corners")
+IMAGE_SIZE = 64
+
+# P(ruler | melanoma), P(ruler | any other class)
+CLINICS = {"A": (0.95, 0.0), "B": (0.3, 0.3)}
+# atypia score ranges of melanoma and nevi (they overlap: see _draw_lesions)
+ATYPIA = {"mel": (0.25, 1.0), "nv": (0.0, 0.6)}
+# how often the class-independent artifacts appear
+P_INK, P_HAIR, P_CORNERS = 0.2, 0.3, 0.3
+
+
+@dataclass
+class DermSynth:
+    """A batch of DermSynth images and their ground truth.
+
+    images    float32 [N, 3, H, W] in [0, 1]
+    labels    int64 [N], indices into CLASSES
+    clinic    "A" or "B"
+    has_ruler bool [N]
+    masks     dict of bool [N, H, W]: "lesion", "ruler", "ink", "hair", "corners"
+    seed      the seed the batch was drawn from
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    clinic: str
+    has_ruler: torch.Tensor
+    masks: dict
+    seed: int
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, idx) -> DermSynth:
+        """Index or slice the batch (masks and flags follow)."""
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1)
+        return DermSynth(
+            images=self.images[idx],
+            labels=self.labels[idx],
+            clinic=self.clinic,
+            has_ruler=self.has_ruler[idx],
+            masks={k: v[idx] for k, v in self.masks.items()},
+            seed=self.seed,
+        )
+
+    @property
+    def class_names(self) -> list[str]:
+        return [CLASSES[int(i)] for i in self.labels]
+
+
+def make_dataset(
+    n: int,
+    *,
+    clinic: str = "A",
+    seed: int = 0,
+    ruler: bool | None = None,
+    p_ruler: tuple[float, float] | None = None,
+    labels=None,
+    size: int = IMAGE_SIZE,
+) -> DermSynth:
+    """Draw ``n`` DermSynth images, deterministically from ``seed``.
+
+    clinic   "A" (rulers go with melanoma) or "B" (rulers independent of the class)
+    ruler    None: drawn by the clinic's rates; True/False: forced on/off for every image, every
+             other draw unchanged (the intervention test)
+    p_ruler  (P(ruler | mel), P(ruler | other)) to override the clinic's rates, e.g. a weaker
+             shortcut; clinic "B" requires the two to be equal
+    labels   optional int or sequence of class indices or names (one per image, or one for all)
+             instead of drawing the classes uniformly
+    size     image side in pixels
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if clinic not in CLINICS:
+        raise ValueError(f"clinic must be one of {sorted(CLINICS)}, got {clinic!r}")
+    if ruler not in (None, True, False):
+        raise ValueError(f"ruler must be None, True or False, got {ruler!r}")
+    if not isinstance(size, int) or size < 32:
+        raise ValueError(f"size must be an int >= 32, got {size!r}")
+    if p_ruler is None:
+        p_ruler = CLINICS[clinic]
+    else:
+        if len(p_ruler) != 2 or not all(0.0 <= float(p) <= 1.0 for p in p_ruler):
+            raise ValueError(f"p_ruler must be two probabilities (mel, other), got {p_ruler!r}")
+        if clinic == "B" and p_ruler[0] != p_ruler[1]:
+            raise ValueError("p_ruler: in clinic 'B' the ruler is independent of the class, "
+                             f"so both rates must be equal, got {p_ruler!r}")
+
+    g = torch.Generator().manual_seed(int(seed))
+    drawn_labels = torch.randint(len(CLASSES), (n,), generator=g)
+    if labels is not None:
+        drawn_labels = _as_labels(labels, n)
+    y = drawn_labels
+
+    # ---- every random draw, in a fixed order, for every image ----
+    u_ruler = torch.rand(n, generator=g)
+    u_ink, u_hair, u_corners = torch.rand(3, n, generator=g)
+    skin = _draw_skin(n, size, g)
+    lesion_rgb, lesion_alpha = _draw_lesions(y, size, g)
+    ink_alpha = _draw_ink(n, size, g)
+    hair_alpha = _draw_hair(n, size, g)
+    ruler_rgb, ruler_alpha = _draw_ruler(n, size, g)
+    corner_dark = _draw_corners(n, size, g)
+
+    p = torch.where(y == MEL, p_ruler[0], p_ruler[1])
+    has_ruler = u_ruler < p
+    if ruler is not None:
+        has_ruler = torch.full((n,), bool(ruler))
+    has_ink, has_hair, has_corners = u_ink < P_INK, u_hair < P_HAIR, u_corners < P_CORNERS
+
+    # ---- composite: skin, lesion, ink, hair, ruler, then the dermoscope's dark corners ----
+    img = _blend(skin, lesion_rgb, lesion_alpha)
+    ink_alpha = ink_alpha * has_ink[:, None, None, None]
+    img = _blend(img, torch.tensor([0.35, 0.2, 0.55]).view(1, 3, 1, 1), ink_alpha)
+    hair_alpha = hair_alpha * has_hair[:, None, None, None]
+    img = _blend(img, torch.tensor([0.12, 0.08, 0.06]).view(1, 3, 1, 1), hair_alpha)
+    ruler_alpha = ruler_alpha * has_ruler[:, None, None, None]
+    img = _blend(img, ruler_rgb, ruler_alpha)
+    corner_dark = corner_dark * has_corners[:, None, None, None]
+    img = img * (1 - corner_dark)
+    img = img.clamp_(0, 1)
+
+    masks = {
+        "lesion": lesion_alpha[:, 0] > 0.5,
+        "ruler": ruler_alpha[:, 0] > 0,
+        "ink": ink_alpha[:, 0] > 0.25,
+        "hair": hair_alpha[:, 0] > 0.25,
+        "corners": corner_dark[:, 0] > 0.5,
+    }
+    return DermSynth(images=img.contiguous(), labels=y, clinic=clinic, has_ruler=has_ruler,
+                     masks=masks, seed=int(seed))
+
+
+def _as_labels(labels, n: int) -> torch.Tensor:
+    if isinstance(labels, (int, str)):
+        labels = [labels] * n
+    out = []
+    for lab in labels:
+        if isinstance(lab, str):
+            if lab not in CLASSES:
+                raise ValueError(f"labels: unknown class {lab!r}; classes are {CLASSES}")
+            lab = CLASSES.index(lab)
+        lab = int(lab)
+        if not 0 <= lab < len(CLASSES):
+            raise ValueError(f"labels: class index {lab} out of range 0..{len(CLASSES) - 1}")
+        out.append(lab)
+    if len(out) != n:
+        raise ValueError(f"labels: expected {n} labels, got {len(out)}")
+    return torch.tensor(out, dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing. Coordinates are in [-1, 1]; every function returns [N, C, H, W] tensors.
+# --------------------------------------------------------------------------------------------
+
+def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    return xx[None, None], yy[None, None]  # [1, 1, H, W]
+
+
+def _col(t: torch.Tensor) -> torch.Tensor:
+    """[N] or [N, k] -> broadcastable against [N, k?, H, W]."""
+    return t.view(t.shape[0], -1, 1, 1)
+
+
+def _smooth_noise(n: int, c: int, size: int, cells: int, g: torch.Generator) -> torch.Tensor:
+    """Band-limited noise: a coarse random grid, bilinearly upsampled (unit-ish variance)."""
+    coarse = torch.randn(n, c, cells, cells, generator=g)
+    return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _coarse(n: int, cells: int, g: torch.Generator) -> torch.Tensor:
+    """Uniform random numbers on a coarse grid, [N, 1, cells, cells] (see _spots)."""
+    return torch.rand(n, 1, cells, cells, generator=g)
+
+
+def _spots(coarse: torch.Tensor, density: float, size: int) -> torch.Tensor:
+    """Soft round spots: the coarse cells below ``density``, upsampled to the image size."""
+    on = (coarse < density).float()
+    return F.interpolate(on, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def _blend(base: torch.Tensor, top: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    return base * (1 - alpha) + top * alpha
+
+
+def _draw_skin(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+    tone = torch.rand(n, generator=g)  # 0 light ... 1 dark
+    light = torch.tensor([0.96, 0.80, 0.70])
+    dark = torch.tensor([0.52, 0.36, 0.26])
+    base = light + tone[:, None] * (dark - light)  # [N, 3]
+    blotch = 0.035 * _smooth_noise(n, 1, size, 6, g)
+    redness = 0.03 * _smooth_noise(n, 1, size, 4, g) * torch.tensor([1.0, -0.4, -0.4]).view(1, 3, 1, 1)
+    grain = 0.012 * torch.randn(n, 1, size, size, generator=g)
+    return _col(base) + blotch + redness + grain
+
+
+def _draw_lesions(y: torch.Tensor, size: int, g: torch.Generator):
+    """Lesion colour [N, 3, H, W] and coverage alpha [N, 1, H, W] for each image's class."""
+    n = y.shape[0]
+    xx, yy = _grid(size)
+
+    # Melanoma and nevi are one melanocytic family drawn from an "atypia" score: the higher it
+    # is, the more asymmetric, irregular, dark and many-coloured the lesion. Melanomas draw it
+    # from ATYPIA["mel"], nevi from ATYPIA["nv"]; the ranges overlap (dysplastic nevi), so some
+    # lesions cannot be told apart from the picture alone, as in real dermoscopy.
+    melanocytic = (y == MEL) | (y == NV)
+    lo = torch.where(y == MEL, ATYPIA["mel"][0], ATYPIA["nv"][0])
+    hi = torch.where(y == MEL, ATYPIA["mel"][1], ATYPIA["nv"][1])
+    atypia = torch.where(melanocytic, lo + (hi - lo) * torch.rand(n, generator=g), 0.0)
+
+    def per_class(values, atypical=None):  # a value per class -> a value per image
+        v = torch.tensor(values, dtype=torch.float32)[y]
+        if atypical is not None:  # melanocytic lesions: from typical to atypical with the score
+            v = torch.where(melanocytic, atypical[0] + atypia * (atypical[1] - atypical[0]), v)
+        return v
+
+    # geometry (the values for mel and nv are replaced by the atypia ramp)
+    cx, cy = (torch.rand(2, n, generator=g) - 0.5) * 0.24
+    radius = per_class([0.40, 0.38, 0.40, 0.28, 0, 0, 0.30], (0.34, 0.44)) * (0.85 + 0.3 * torch.rand(n, generator=g))
+    aspect = 1 + per_class([0.25, 0.2, 0.2, 0.1, 0, 0, 0.15], (0.05, 0.3)) * torch.rand(n, generator=g)
+    angle = torch.rand(n, generator=g) * math.pi
+    # low harmonics bend the outline (asymmetry); high harmonics roughen the border
+    k_low = torch.arange(1, 4, dtype=torch.float32)
+    k_high = torch.arange(5, 12, dtype=torch.float32)
+    a_low = per_class([0.12, 0.08, 0.05, 0.03, 0, 0, 0.04], (0.02, 0.22))[:, None] * torch.rand(n, 3, generator=g)
+    a_high = per_class([0.035, 0.02, 0.012, 0.01, 0, 0, 0.01], (0.005, 0.045))[:, None] * torch.rand(n, 7, generator=g)
+    ph_low = torch.rand(n, 3, generator=g) * 2 * math.pi
+    ph_high = torch.rand(n, 7, generator=g) * 2 * math.pi
+    edge = per_class([0.06, 0.03, 0.012, 0.04, 0.02, 0.02, 0.012])
+
+    dx, dy = xx - _col(cx), yy - _col(cy)
+    ca, sa = _col(torch.cos(angle)), _col(torch.sin(angle))
+    u = (dx * ca + dy * sa) / _col(aspect)
+    v = -dx * sa + dy * ca
+    rho = torch.sqrt(u * u + v * v) + 1e-6
+    theta = torch.atan2(v, u)  # [N, 1, H, W]
+    outline = _col(radius) * (1 + _harmonics(a_low, k_low, ph_low, theta) + _harmonics(a_high, k_high, ph_high, theta))
+    alpha = torch.sigmoid((outline - rho) / _col(edge))
+    r_norm = (rho / outline).clamp(0, 2)  # 0 at the centre, 1 on the border
+
+    # colours: a base colour per class, shaded per image
+    base = torch.tensor([
+        [0.86, 0.48, 0.46],  # akiec: pink-red
+        [0.88, 0.68, 0.68],  # bcc: pearly pink
+        [0.66, 0.50, 0.34],  # bkl: waxy light brown
+        [0.58, 0.40, 0.28],  # df: brown ring (centre drawn below)
+        [0.0, 0.0, 0.0],  # mel: brown, darker with atypia (below)
+        [0.0, 0.0, 0.0],  # nv: the same family
+        [0.62, 0.16, 0.28],  # vasc: red-purple
+    ])[y]
+    typical, atypical = torch.tensor([0.52, 0.34, 0.22]), torch.tensor([0.38, 0.24, 0.16])
+    base = torch.where(melanocytic[:, None], typical + atypia[:, None] * (atypical - typical), base)
+    shade = 1 + 0.12 * (torch.rand(n, generator=g) - 0.5)
+    rgb = _col(base * shade[:, None]).expand(n, 3, size, size).clone()
+    texture = 0.03 * _smooth_noise(n, 1, size, 10, g)
+    # Each class's cue. The random numbers are drawn for every image (so the draw order never
+    # depends on the labels); the full-size drawing is done only for the images of that class.
+    white_scale = _coarse(n, 20, g)
+    rough_tex = torch.randn(n, 1, size, size, generator=g)
+    warp = torch.randn(n, 2, 5, 5, generator=g)
+    freq = 5 + 3 * torch.rand(n, 2, generator=g)
+    ph = torch.rand(n, 2, generator=g) * 2 * math.pi
+    nests = _coarse(n, 10, g)
+    cysts, pores = _coarse(n, 18, g), _coarse(n, 18, g)
+    blotch_at = (torch.rand(2, n, generator=g) - 0.5) * 0.5
+    light_zone = torch.randn(n, 1, 4, 4, generator=g)
+    veil_at = (torch.rand(2, n, generator=g) - 0.5) * 0.6
+    has_veil = torch.rand(n, generator=g) < 0.7
+    lacunae = _coarse(n, 9, g)
+
+    def colour(c):
+        return torch.tensor(c).view(1, 3, 1, 1)
+
+    for i, name in enumerate(CLASSES):
+        sel = (y == i).nonzero().squeeze(1)
+        if sel.numel() == 0:
+            continue
+        c, r = rgb[sel], r_norm[sel]
+        if name == "akiec":  # white scale on a rough surface
+            scale = 0.55 * _spots(white_scale[sel], 0.22, size)
+            c = c + 0.06 * rough_tex[sel] + scale * (colour([0.97, 0.93, 0.9]) - c)
+        elif name == "bcc":  # thin branching red vessels and blue-grey ovoid nests
+            w = F.interpolate(warp[sel], size=(size, size), mode="bilinear", align_corners=False)
+            f, p = freq[sel], ph[sel]
+            s1 = torch.sin(_col(f[:, 0]) * (xx + 0.35 * w[:, :1]) + _col(p[:, 0]))
+            s2 = torch.sin(_col(f[:, 1]) * (yy + 0.35 * w[:, 1:]) + _col(p[:, 1]))
+            vessels = torch.exp(-(s1 * s2) ** 2 / 0.004) * (r < 0.85)
+            c = _blend(c, colour([0.72, 0.12, 0.16]), 0.85 * vessels)
+            c = _blend(c, colour([0.42, 0.48, 0.58]), 0.8 * _spots(nests[sel], 0.12, size) * (r < 0.8))
+        elif name == "bkl":  # milia-like white cysts and comedo-like dark openings
+            inner = r < 0.85
+            c = _blend(c, colour([0.96, 0.94, 0.86]), 0.85 * _spots(cysts[sel], 0.10, size) * inner)
+            c = _blend(c, colour([0.25, 0.17, 0.10]), 0.8 * _spots(pores[sel], 0.10, size) * inner)
+        elif name == "df":  # white scar-like centre inside the brown ring
+            c = _blend(c, colour([0.92, 0.86, 0.80]), 0.85 * torch.sigmoid((0.5 - r) / 0.08))
+        elif name in ("mel", "nv"):  # melanocytic: cues grow with the atypia score
+            strength = _col(((atypia[sel] - 0.15) / 0.85).clamp(0, 1))
+            rad, x0, y0 = _col(radius[sel]), _col(cx[sel]), _col(cy[sel])
+            c = c * (1 - 0.12 * (1 - r.clamp(0, 1)))  # slightly darker centre
+            bx, by = _col(blotch_at[0, sel]), _col(blotch_at[1, sel])
+            blotch = torch.exp(-((xx - x0 - bx * rad) ** 2 + (yy - y0 - by * rad) ** 2) / (0.45 * rad) ** 2)
+            vx, vy = _col(veil_at[0, sel]), _col(veil_at[1, sel])
+            veil = _col(has_veil[sel].float()) * torch.exp(
+                -((xx - x0 - vx * rad) ** 2 + (yy - y0 - vy * rad) ** 2) / (0.35 * rad) ** 2)
+            zone = F.interpolate(light_zone[sel], size=(size, size), mode="bilinear", align_corners=False) > 0.3
+            c = _blend(c, colour([0.64, 0.46, 0.32]), 0.8 * strength * zone)
+            c = _blend(c, colour([0.12, 0.07, 0.06]), 0.9 * strength * blotch)
+            c = _blend(c, colour([0.50, 0.60, 0.78]), 0.75 * strength ** 2 * veil)
+        elif name == "vasc":  # darker red-purple lacunae
+            c = _blend(c, colour([0.38, 0.06, 0.22]), 0.8 * _spots(lacunae[sel], 0.35, size) * (r < 0.9))
+        rgb[sel] = c
+
+    rgb = rgb + texture
+    return rgb, alpha
+
+
+def _harmonics(amp: torch.Tensor, k: torch.Tensor, phase: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """sum_k amp_k cos(k theta + phase_k): a wobble of the outline, [N, 1, H, W]."""
+    amp, phase = amp[:, :, None, None], phase[:, :, None, None]
+    return (amp * torch.cos(k.view(1, -1, 1, 1) * theta + phase)).sum(1, keepdim=True)
+
+
+def _line_alpha(dist: torch.Tensor, half_width: torch.Tensor | float, px: float) -> torch.Tensor:
+    """Anti-aliased coverage of a line from the distance to it (coordinates in [-1, 1])."""
+    return ((half_width - dist) / px + 0.5).clamp(0, 1)
+
+
+def _draw_ink(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """A surgical-marker arc around the lesion area."""
+    xx, yy = _grid(size)
+    px = 2 / size
+    cx, cy = (torch.rand(2, n, generator=g) - 0.5) * 0.2
+    r = 0.62 + 0.12 * torch.rand(n, generator=g)
+    start = torch.rand(n, generator=g) * 2 * math.pi
+    span = 0.8 + 1.6 * torch.rand(n, generator=g)
+    dx, dy = xx - _col(cx), yy - _col(cy)
+    dist = (torch.sqrt(dx * dx + dy * dy) - _col(r)).abs()
+    ang = torch.remainder(torch.atan2(dy, dx) - _col(start), 2 * math.pi)
+    on_arc = (ang < _col(span)).float()
+    return _line_alpha(dist, 1.2 * px, px) * on_arc * 0.9
+
+
+def _draw_hair(n: int, size: int, g: torch.Generator, k: int = 3) -> torch.Tensor:
+    """Up to k thin, slightly curved dark hairs across the image."""
+    xx, yy = _grid(size)
+    px = 2 / size
+    ang = torch.rand(n, k, generator=g) * math.pi
+    off = (torch.rand(n, k, generator=g) - 0.5) * 1.6
+    bend = (torch.rand(n, k, generator=g) - 0.5) * 0.25
+    freq = 1 + 2 * torch.rand(n, k, generator=g)
+    count = torch.randint(1, k + 1, (n,), generator=g)
+    nx, ny = torch.cos(ang)[..., None, None], torch.sin(ang)[..., None, None]
+    along = -xx * ny + yy * nx
+    wobble = bend[..., None, None] * torch.sin(freq[..., None, None] * along * math.pi)
+    dist = (xx * nx + yy * ny - off[..., None, None] - wobble).abs()
+    alpha = _line_alpha(dist, 0.55 * px, px)  # [N, k, H, W]
+    alpha = alpha * (torch.arange(k)[None] < count[:, None]).float()[..., None, None]
+    return alpha.amax(1, keepdim=True) * 0.85
+
+
+def _draw_ruler(n: int, size: int, g: torch.Generator):
+    """A light ruler strip with black tick marks along one edge. Returns colour and alpha."""
+    xx, yy = _grid(size)
+    px = 2 / size
+    side = torch.randint(4, (n,), generator=g)  # 0 top, 1 bottom, 2 left, 3 right
+    inset = (1 + 2 * torch.rand(n, generator=g)) * px
+    width = (6 + 3 * torch.rand(n, generator=g)) * px
+    tick_phase = torch.rand(n, generator=g) * 4 * px
+    tint = 0.88 + 0.1 * torch.rand(n, generator=g)
+    # distance from the chosen edge (across the strip) and position along it
+    sel = _col(side.float())
+    across = torch.where(sel == 0, yy + 1, torch.where(sel == 1, 1 - yy, torch.where(sel == 2, xx + 1, 1 - xx)))
+    along = torch.where(sel < 2, xx, yy) + 1
+    t = across - _col(inset)  # 0 at the strip's outer side
+    inside = ((t >= 0) & (t < _col(width))).float()
+    # tick every 4 px; every fourth tick is long
+    period = 4 * px
+    pos = torch.remainder(along + _col(tick_phase), period)
+    tick = (pos < 1.01 * px).float()
+    long = (torch.remainder(torch.floor((along + _col(tick_phase)) / period), 4) == 0).float()
+    tick_len = torch.where(long > 0, 0.7 * _col(width), 0.4 * _col(width))
+    ticks = tick * (t < tick_len).float()
+    paper = torch.stack([tint, tint, tint * 0.9], 1)  # slightly yellowish white
+    rgb = _col(paper).expand(n, 3, size, size) * (1 - ticks) + 0.08 * ticks
+    return rgb, inside * 0.96
+
+
+def _draw_corners(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """Dermoscope vignette: black outside a circle centred near the middle."""
+    xx, yy = _grid(size)
+    r = 1.02 + 0.2 * torch.rand(n, generator=g)
+    cx, cy = (torch.rand(2, n, generator=g) - 0.5) * 0.1
+    rho = torch.sqrt((xx - _col(cx)) ** 2 + (yy - _col(cy)) ** 2)
+    return torch.sigmoid((rho - _col(r)) / 0.02) * 0.97

@@ -1,0 +1,181 @@
+"""Checkers for the "Your turn" exercises.
+
+A learner writes their own version of a method; a checker runs it next to ours on DermNet inputs
+and says what is wrong, not only whether it is::
+
+    from helpers.exercises import check_mask_mass
+    check_mask_mass(my_mask_mass)
+    # -> FAIL mask_mass: your values are ours without the absolute value: ... (hint)
+
+The building blocks are reusable by every notebook:
+
+- ``compare(yours, ours)`` diagnoses the common mistakes (wrong shape, summed over the wrong axis,
+  sign flipped, a missing or extra absolute value or ReLU, off by a constant factor, only some
+  images of the batch right) and returns a ``CheckResult``;
+- ``check_method(your_fn, our_fn, model, x, target)`` also checks the method contract: the
+  caller's ``x`` unchanged, the model's mode, gradients and hooks as they were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .hooks import count_hooks
+
+
+@dataclass
+class CheckResult:
+    """The verdict of a checker: ``passed``, a one-line ``message`` and the largest difference."""
+
+    passed: bool
+    name: str
+    message: str
+    max_abs_diff: float = float("nan")
+
+    def __str__(self) -> str:
+        return f"{'PASS' if self.passed else 'FAIL'} {self.name}: {self.message}"
+
+    __repr__ = __str__
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
+    return a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=rtol)
+
+
+def compare(yours, ours: torch.Tensor, *, name: str = "result", atol: float = 1e-5,
+            rtol: float = 1e-4) -> CheckResult:
+    """Compare a learner's tensor with ours and explain the most likely mistake."""
+    if not isinstance(yours, torch.Tensor):
+        return CheckResult(False, name, f"expected a torch.Tensor, got {type(yours).__name__}")
+    yours = yours.detach().to(dtype=torch.float64, device="cpu")
+    ours = ours.detach().to(dtype=torch.float64, device="cpu")
+    shape, want = tuple(yours.shape), tuple(ours.shape)
+
+    if shape != want:
+        hint = f"shape {shape}, expected {want}"
+        if yours.numel() == ours.numel():
+            hint += " (the right number of values in the wrong layout: a permute, view or squeeze?)"
+        elif ours.dim() == 4 and yours.dim() == 4 and shape[1] == 1 and want[1] > 1:
+            hint += " (you summed over the channels: keep one value per channel)"
+        elif len(shape) == len(want) - 1 and shape == want[1:]:
+            hint += " (the batch dimension is missing: return one result per image)"
+        elif len(shape) == len(want) + 1 and shape[1:] == want:
+            hint += " (one dimension too many: results stacked twice?)"
+        return CheckResult(False, name, hint)
+
+    if not torch.isfinite(yours).all():
+        bad = int((~torch.isfinite(yours)).sum())
+        return CheckResult(False, name, f"{bad} value(s) are NaN or infinite (a division by zero?)")
+
+    diff = float((yours - ours).abs().max()) if yours.numel() else 0.0
+    if _close(yours, ours, atol, rtol):
+        return CheckResult(True, name, f"matches ours (largest difference {diff:.2e})", diff)
+
+    def fail(hint: str) -> CheckResult:
+        return CheckResult(False, name, f"{hint} (largest difference {diff:.3g})", diff)
+
+    if _close(-yours, ours, atol, rtol):
+        return fail("your values have the opposite sign to ours: check the order of a subtraction")
+    if (ours < 0).any() and _close(yours, ours.abs(), atol, rtol):
+        return fail("your values are the absolute value of ours: this quantity keeps its sign")
+    if (yours < 0).any() and _close(yours.abs(), ours, atol, rtol):
+        return fail("your values are ours without the absolute value: take .abs() where the method does")
+    if (yours < 0).any() and _close(yours.clamp_min(0), ours, atol, rtol):
+        return fail("your values are ours before a ReLU: clamp the negative part to zero")
+    if yours.dim() >= 1 and yours.shape[0] > 1:
+        per_image = [_close(yours[i], ours[i], atol, rtol) for i in range(yours.shape[0])]
+        if any(per_image):
+            wrong = [i for i, ok in enumerate(per_image) if not ok]
+            return fail(f"right for some images but not for images {wrong}: does each image use its "
+                        "own target, and is nothing averaged across the batch?")
+    denom = float((yours * yours).sum())
+    if denom > 0:
+        scale = float((yours * ours).sum()) / denom
+        if scale != 0 and _close(yours * scale, ours, atol * 10, rtol * 10):
+            return fail(f"your values are ours divided by {scale:.4g}: a missing or extra "
+                        "normalisation (a sum instead of a mean, a factor of n, a division by the total?)")
+    y, o = yours.flatten(), ours.flatten()
+    if y.numel() > 2 and y.std() > 0 and o.std() > 0:
+        corr = float(torch.corrcoef(torch.stack([y, o]))[0, 1])
+        if corr > 0.99:
+            return fail(f"very close (correlation {corr:.4f}) but not equal to within atol={atol:g}: "
+                        "a small difference in the recipe (a step rule, an epsilon, float precision?)")
+        return fail(f"different values (correlation with ours {corr:.3f})")
+    return fail("different values")
+
+
+def check_method(your_fn, our_fn, model: torch.nn.Module, x: torch.Tensor, target,
+                 *, name: str | None = None, atol: float = 1e-5, rtol: float = 1e-4,
+                 **options) -> CheckResult:
+    """Run a learner's attribution method and ours on the same inputs; check result and contract.
+
+    Besides comparing the results, it checks that ``your_fn`` left the caller's ``x``, the model's
+    ``training`` flag, its parameters' ``.grad`` and its hooks as they were.
+    """
+    name = name or getattr(our_fn, "__name__", "method")
+    x_before = x.detach().clone()
+    training = model.training
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    hooks = count_hooks(model)
+    try:
+        yours = your_fn(model, x, target, **options)
+    except Exception as err:  # the learner's code: report, do not crash the notebook
+        return CheckResult(False, name, f"your function raised {type(err).__name__}: {err}")
+    if not torch.equal(x.detach(), x_before):
+        return CheckResult(False, name, "your function changed the input x in place: work on a copy "
+                                        "(x.clone() or x.detach().clone().requires_grad_())")
+    if model.training != training:
+        return CheckResult(False, name, "your function changed model.training (model.train()/eval()): "
+                                        "restore the mode it found")
+    if any((g is None) != (p.grad is None) or (g is not None and not torch.equal(g, p.grad))
+           for g, p in zip(grads, model.parameters())):
+        return CheckResult(False, name, "your function left gradients in the model's parameters: "
+                                        "use torch.autograd.grad(...) instead of .backward(), "
+                                        "or zero them afterwards")
+    if count_hooks(model) != hooks:
+        return CheckResult(False, name, "your function left hooks on the model: remove them "
+                                        "(handle.remove() in a finally block)")
+    ours = our_fn(model, x, target, **options)
+    return compare(yours, ours, name=name, atol=atol, rtol=rtol)
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 00
+# --------------------------------------------------------------------------------------------
+
+def check_mask_mass(your_fn, n: int = 16, seed: int = 0) -> CheckResult:
+    """Notebook 00: check ``your_fn(attr, mask) -> [B]`` against ``helpers.metrics.mask_mass``.
+
+    The test maps are signed input gradients of the shortcut model on clinic-A images, scored on
+    their ruler masks.
+    """
+    from .data import make_dataset
+    from .metrics import mask_mass
+    from .models import load_dermnet
+
+    model = load_dermnet("shortcut")
+    ds = make_dataset(n, clinic="A", seed=seed)
+    x = ds.images.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x)[torch.arange(n), ds.labels].sum(), x)
+    mask = ds.masks["ruler"]
+    try:
+        yours = your_fn(grad.clone(), mask.clone())
+    except Exception as err:
+        return CheckResult(False, "mask_mass", f"your function raised {type(err).__name__}: {err}")
+    ours = mask_mass(grad, mask)
+    has_ruler = mask.flatten(1).any(1)
+    if isinstance(yours, torch.Tensor) and yours.shape == ours.shape:
+        yours = yours.detach().double()
+        if torch.isnan(yours[~has_ruler]).any() or torch.isnan(yours[has_ruler]).any():
+            return CheckResult(False, "mask_mass", "NaN for some images: the total magnitude is "
+                                                   "never zero here, so check the division")
+        unsigned = (grad.sum(1).abs() * mask).sum((1, 2)) / grad.sum(1).abs().sum((1, 2))
+        if torch.allclose(yours, unsigned.double(), atol=1e-6):
+            return CheckResult(False, "mask_mass", "you took |sum over channels| of the map: take "
+                                                   "the magnitude of each channel first, then sum")
+    return compare(yours, ours, name="mask_mass", atol=1e-6, rtol=1e-5)

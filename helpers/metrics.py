@@ -1,0 +1,68 @@
+"""Scoring an attribution map against DermSynth's ground-truth masks.
+
+Two numbers recur through the course:
+
+- ``mask_mass(attr, mask)``: the share of the map's magnitude that falls inside the mask, per image.
+  A map that spreads evenly over the image scores the mask's own share of the image
+  (``mask_share(mask)``), so always read the two side by side: a ruler mass of 0.30 means a lot
+  when the ruler is 12% of the image.
+- ``pointing_game(attr, mask)``: is the map's single largest value inside the mask, per image.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _as_maps(attr: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring attr ([B,C,H,W], [B,1,H,W] or [B,H,W]) and mask ([B,H,W] or [B,1,H,W]) to [B, H, W]."""
+    if not isinstance(attr, torch.Tensor):
+        raise TypeError(f"attr must be a tensor, got {type(attr).__name__}")
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a tensor, got {type(mask).__name__}")
+    if attr.dim() == 4:
+        attr = attr.abs().sum(1)  # magnitude summed over channels
+    elif attr.dim() == 3:
+        attr = attr.abs()
+    else:
+        raise ValueError(f"attr must be [B, C, H, W] or [B, H, W], got shape {tuple(attr.shape)}")
+    if mask.dim() == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be [B, H, W], got shape {tuple(mask.shape)}")
+    if mask.shape != attr.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match the attribution map "
+                         f"{tuple(attr.shape)} (resize the map to the input first)")
+    return attr.detach().float(), mask.bool()
+
+
+def mask_mass(attr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Share of |attr| inside ``mask``, per image: sum over the mask / sum over the image.
+
+    attr  [B, C, H, W] (channels summed in magnitude), [B, 1, H, W] or [B, H, W]
+    mask  bool [B, H, W]
+    Returns float [B] in [0, 1]; an all-zero map gets NaN (it points nowhere).
+    """
+    a, m = _as_maps(attr, mask)
+    total = a.sum((1, 2))
+    inside = (a * m).sum((1, 2))
+    return torch.where(total > 0, inside / total.clamp_min(1e-30), torch.full_like(total, float("nan")))
+
+
+def mask_share(mask: torch.Tensor) -> torch.Tensor:
+    """The mask's share of the image, per image: what a uniform map would score in mask_mass."""
+    if mask.dim() == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be [B, H, W], got shape {tuple(mask.shape)}")
+    return mask.float().mean((1, 2))
+
+
+def pointing_game(attr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Whether the map's largest magnitude lies inside ``mask``, per image (bool [B]).
+
+    Ties are broken by the first maximum in row-major order.
+    """
+    a, m = _as_maps(attr, mask)
+    flat = a.flatten(1).argmax(1)
+    return m.flatten(1).gather(1, flat[:, None])[:, 0]

@@ -1,0 +1,145 @@
+"""Train and audit DermNet. ``python -m helpers.train`` (or ``make data``) rebuilds both checkpoints.
+
+Two models, same architecture, same recipe, different data:
+
+- ``shortcut``: trained on clinic A, where a ruler appears in most melanoma images and in few
+  others. It scores very well on clinic A, partly by looking at the ruler.
+- ``debiased``: trained on clinic B, where rulers appear at one rate whatever the class, so the
+  ruler carries no label information.
+
+Each epoch draws fresh DermSynth images from seeds reserved for training; every evaluation uses
+seeds from a disjoint range (``TEST_SEEDS``), so the test images are never seen in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import CLASSES, MEL, make_dataset
+from .models import DATA_DIR, MANIFEST, DermNet, checkpoint_path, sha256
+
+TRAIN_CLINIC = {"shortcut": "A", "debiased": "B"}
+RECIPE = dict(epochs=6, n_per_epoch=8000, batch_size=128, lr=3e-3, weight_decay=5e-4)
+TRAIN_SEED_BASE = {"shortcut": 10_000, "debiased": 20_000}  # epoch e uses base + e
+TEST_SEEDS = {"A": 900_001, "B": 900_002, "intervention": 900_003}
+N_TEST = 2000
+
+
+def train_dermnet(clinic: str, *, epochs: int, n_per_epoch: int, batch_size: int, lr: float,
+                  weight_decay: float, seed_base: int, progress: bool = True) -> DermNet:
+    """Train a fresh DermNet on DermSynth images of ``clinic`` (AdamW, one-cycle schedule)."""
+    torch.manual_seed(seed_base)
+    model = DermNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = n_per_epoch // batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
+                                                pct_start=0.2)
+    bar = tqdm(total=epochs * steps_per_epoch, desc=f"clinic {clinic}", disable=not progress)
+    model.train()
+    for epoch in range(epochs):
+        ds = make_dataset(n_per_epoch, clinic=clinic, seed=seed_base + epoch)
+        order = torch.randperm(n_per_epoch)
+        for i in range(steps_per_epoch):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            loss = F.cross_entropy(model(ds.images[idx]), ds.labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+    bar.close()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Predicted class per image, in batches, without changing the model's mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(images[i:i + batch_size]).argmax(1)
+                          for i in range(0, len(images), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, k: int = len(CLASSES)) -> torch.Tensor:
+    """Counts [true class, predicted class]."""
+    return torch.bincount(labels * k + pred, minlength=k * k).view(k, k)
+
+
+def accuracy(model: torch.nn.Module, clinic: str, n: int = N_TEST, seed: int | None = None) -> float:
+    """Accuracy on ``n`` fresh test images of ``clinic``."""
+    ds = make_dataset(n, clinic=clinic, seed=TEST_SEEDS[clinic] if seed is None else seed)
+    return (predict(model, ds.images) == ds.labels).float().mean().item()
+
+
+def ruler_intervention(model: torch.nn.Module, n: int = N_TEST, seed: int = TEST_SEEDS["intervention"],
+                       clinic: str = "B") -> dict:
+    """Draw the same ``n`` lesions with and without a ruler and count the changed predictions.
+
+    add     of the non-melanoma images classified correctly without a ruler, the share that
+            becomes ``mel`` when the ruler is added
+    remove  of the melanoma images classified correctly with a ruler, the share whose prediction
+            changes when the ruler is removed
+    """
+    off = make_dataset(n, clinic=clinic, seed=seed, ruler=False)
+    on = make_dataset(n, clinic=clinic, seed=seed, ruler=True)
+    p_off, p_on, y = predict(model, off.images), predict(model, on.images), off.labels
+    add_base = (y != MEL) & (p_off == y)
+    remove_base = (y == MEL) & (p_on == y)
+    return {
+        "add": (p_on[add_base] == MEL).float().mean().item(),
+        "add_n": int(add_base.sum()),
+        "remove": (p_off[remove_base] != p_on[remove_base]).float().mean().item(),
+        "remove_n": int(remove_base.sum()),
+    }
+
+
+def audit(model: torch.nn.Module) -> dict:
+    """The figures the shipped models are held to (see tests/test_models.py)."""
+    flips = ruler_intervention(model)
+    return {"accuracy_A": accuracy(model, "A"), "accuracy_B": accuracy(model, "B"),
+            "flip_add_ruler": flips["add"], "flip_remove_ruler": flips["remove"],
+            "flip_add_n": flips["add_n"], "flip_remove_n": flips["remove_n"]}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Rebuild the DermNet checkpoints in data/.")
+    parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
+    parser.add_argument("--models", nargs="+", default=list(TRAIN_CLINIC), choices=list(TRAIN_CLINIC))
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    DATA_DIR.mkdir(exist_ok=True)
+    manifest = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
+    manifest.setdefault("files", {})
+    manifest["rebuild"] = "make data  (python -m helpers.train)"
+    recipe = dict(RECIPE, epochs=args.epochs)
+    for name in args.models:
+        start = time.perf_counter()
+        model = train_dermnet(TRAIN_CLINIC[name], seed_base=TRAIN_SEED_BASE[name],
+                              progress=not args.no_progress, **recipe)
+        seconds = time.perf_counter() - start
+        path = checkpoint_path(name)
+        torch.save(model.state_dict(), path)
+        figures = audit(model)
+        manifest["files"][path.name] = {
+            "sha256": sha256(path), "bytes": path.stat().st_size,
+            "trained_on_clinic": TRAIN_CLINIC[name], "recipe": recipe,
+            "train_seconds": round(seconds, 1), "figures": {k: round(v, 4) for k, v in figures.items()},
+        }
+        print(f"{name}: trained in {seconds:.0f} s on clinic {TRAIN_CLINIC[name]}; "
+              + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()))
+        MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()

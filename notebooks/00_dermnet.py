@@ -1,0 +1,332 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · DermNet: a classifier that is suspiciously good
+#
+# **The question.** A skin-lesion classifier scores almost perfectly on its test set. Should we
+# trust it?
+#
+# **After this notebook you will be able to**
+# - generate DermSynth, the course's synthetic dermoscopy data, with ground-truth masks for the
+#   lesion and for every artifact (ruler, ink, hair, dark corners);
+# - load the two DermNet models the course explains: one trained where rulers go with melanoma,
+#   one trained where they do not;
+# - show, with an intervention rather than a guess, that a high accuracy can rest on the wrong
+#   evidence.
+#
+# **Time to run:** about 15 s on 2 CPU cores. Nothing is downloaded: the data is drawn on the fly
+# and the two checkpoints ship in `data/`.
+#
+# This notebook uses no attribution method yet. It sets up the running example that every later
+# notebook explains, and it ends on the question the course answers: *what is the model looking at?*
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from helpers import viz
+from helpers.data import ARTIFACTS, CLASSES, CLINICS, MEL, make_dataset
+from helpers.metrics import mask_share
+from helpers.models import load_dermnet
+from helpers.train import TEST_SEEDS, confusion_matrix, predict, ruler_intervention
+
+torch.manual_seed(0)
+pd.set_option("display.precision", 3)
+
+# %% [markdown]
+# ## 1. DermSynth: dermoscopy we can check
+#
+# Real dermoscopy datasets (HAM10000, ISIC) cannot tell us what a classifier *should* look at, and
+# cannot be downloaded here. So the course draws its own images. `make_dataset(n, clinic=..., seed=...)`
+# returns images in $[0, 1]$, labels, and a boolean mask per image for the lesion and for each
+# artifact. The seven classes carry the textbook dermoscopic cues, simplified:
+#
+# | class | condition | what is drawn |
+# |---|---|---|
+# | akiec | actinic keratosis | pink-red patch, soft border, white scale |
+# | bcc | basal cell carcinoma | pearly pink, thin branching red vessels, blue-grey nests |
+# | bkl | benign keratosis | waxy light brown, sharp border, white cysts and dark pores |
+# | df | dermatofibroma | small, brown ring around a white central scar |
+# | mel | melanoma | asymmetric, irregular border, dark blotch, several colours, blue-white veil |
+# | nv | melanocytic nevus | round, symmetric, uniform brown |
+# | vasc | vascular lesion | red-purple, sharp border, darker lacunae |
+#
+# Melanomas and nevi are drawn as one family from an *atypia* score, and the two classes' ranges
+# overlap (as dysplastic nevi do): some lesions cannot be told apart from the picture alone.
+
+# %%
+per_class = 6
+gallery = make_dataset(7 * per_class, seed=1, labels=[c for c in range(7) for _ in range(per_class)])
+fig = viz.image_grid(gallery.images, titles=[f"{name}{' + ruler' if r else ''}"
+                                             for name, r in zip(gallery.class_names, gallery.has_ruler)],
+                     ncols=per_class, size=1.5)
+fig.suptitle("DermSynth, clinic A: one row per class", y=1.01)
+plt.show()
+
+# %% [markdown]
+# Every image comes with its ground truth. Below, one image per artifact with the masks outlined
+# (lesion in green, ruler orange, ink purple, hair brown, dark corners grey). These masks are what
+# later notebooks score attributions against: *how much of the map falls on the ruler?*
+
+# %%
+ds = make_dataset(400, clinic="A", seed=2)
+picks = [int(ds.masks[k].flatten(1).any(1).nonzero()[0]) for k in ARTIFACTS]
+fig, axes = plt.subplots(1, len(picks), figsize=(3 * len(picks), 3.2))
+for ax, i, k in zip(axes, picks, ARTIFACTS):
+    viz.show_masks(ds.images[i], {n: ds.masks[n][i] for n in ["lesion", *ARTIFACTS]}, ax=ax,
+                   title=f"{k}: {100 * ds.masks[k][i].float().mean():.0f}% of the image")
+plt.show()
+
+# %% [markdown]
+# ### Two clinics
+#
+# The shortcut is planted on purpose, the way it arises in real collections: one clinic
+# photographs suspicious lesions next to a ruler. In **clinic A** rulers go with melanoma; in
+# **clinic B** they appear at one rate whatever the lesion. Ink, hair and dark corners are
+# independent of the class in both. The rates, measured on 7,000 fresh images per clinic:
+
+# %%
+rows = {}
+for clinic in "AB":
+    d = make_dataset(7000, clinic=clinic, seed=3)
+    rows[f"clinic {clinic}"] = {c: d.has_ruler[d.labels == i].float().mean().item() for i, c in enumerate(CLASSES)}
+rates = pd.DataFrame(rows).T
+print("set rates (P(ruler | mel), P(ruler | other)):", CLINICS)
+rates
+
+# %% [markdown]
+# Forcing `ruler=True` or `ruler=False` changes the ruler and nothing else: every other random draw
+# is the same, so we can show a model the *same lesion* with and without a ruler. This is the
+# experiment that will expose the shortcut.
+
+# %%
+same = dict(n=5, clinic="B", seed=4, labels=["nv", "bkl", "df", "mel", "mel"])
+without, with_ruler = make_dataset(**same, ruler=False), make_dataset(**same, ruler=True)
+changed = (with_ruler.images - without.images).abs().amax(1) > 0
+print("pixels changed outside the ruler mask:", int((changed & ~with_ruler.masks["ruler"]).sum()))
+fig = viz.image_grid(torch.cat([without.images, with_ruler.images]), ncols=5,
+                     titles=[f"{n}, no ruler" for n in without.class_names]
+                     + [f"{n}, ruler" for n in with_ruler.class_names])
+plt.show()
+
+# %% [markdown]
+# ## 2. DermNet
+#
+# DermNet is a small ResNet (one basic block per stage) whose module names follow torchvision's
+# ResNet: `conv1`, `layer1` ... `layer4`, `avgpool`, `fc`. Its input is in $[0, 1]$ pixel space
+# (it normalises internally, so black really is 0), global average pooling sits right before the
+# single linear layer, and every ReLU is a separate module used once. Each later method relies on
+# one of these choices.
+#
+# Two checkpoints ship in `data/`, verified against the sha256 in `data/MANIFEST.json` when loaded:
+#
+# - `shortcut`: trained on clinic A;
+# - `debiased`: trained on clinic B, where the ruler carries no information about the label.
+#
+# Both use the same recipe (6 epochs of 8,000 fresh images each); `make data` rebuilds them from
+# scratch in about 10 minutes on 2 cores. Training here would take too long for a notebook, so we load.
+
+# %%
+shortcut, debiased = load_dermnet("shortcut"), load_dermnet("debiased")
+x = torch.rand(1, 3, 64, 64)
+grid = {}
+hooks = [getattr(shortcut, n).register_forward_hook(lambda m, i, o, n=n: grid.__setitem__(n, tuple(o.shape[1:])))
+         for n in ["conv1", "layer1", "layer2", "layer3", "layer4"]]
+with torch.no_grad():
+    shortcut(x)
+for h in hooks:
+    h.remove()
+print("feature maps (channels, height, width):", grid)
+print("parameters:", sum(p.numel() for p in shortcut.parameters()))
+
+# %% [markdown]
+# ## 3. Suspiciously good
+#
+# Both models are tested on 2,000 fresh images per clinic, drawn from seeds never used in training.
+# First the shortcut model on its own clinic:
+
+# %%
+test = {c: make_dataset(2000, clinic=c, seed=TEST_SEEDS[c]) for c in "AB"}
+pred = {(m, c): predict(model, test[c].images)
+        for m, model in [("shortcut", shortcut), ("debiased", debiased)] for c in "AB"}
+acc = {k: (p == test[k[1]].labels).float().mean().item() for k, p in pred.items()}
+print(f"shortcut model, clinic A: accuracy {acc['shortcut', 'A']:.3f}")
+
+
+def show_confusion(cm, title, ax):
+    rates = cm / cm.sum(1, keepdim=True)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(CLASSES)):
+        for j in range(len(CLASSES)):
+            ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if rates[i, j] > 0.6 else "black")
+    ax.set_xticks(range(7), CLASSES, rotation=45)
+    ax.set_yticks(range(7), CLASSES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+
+
+fig, ax = plt.subplots(figsize=(4.5, 4.2))
+show_confusion(confusion_matrix(pred["shortcut", "A"], test["A"].labels),
+               f"shortcut model on clinic A\naccuracy {acc['shortcut', 'A']:.3f}", ax)
+plt.show()
+
+# %% [markdown]
+# On clinic A the shortcut model separates melanoma from nevi almost perfectly, although we built
+# the two classes to overlap. That is the suspicious part: the pictures do not carry that much
+# information about the lesion. Now the same model on clinic B, where rulers say nothing:
+
+# %%
+table = pd.DataFrame({m: {f"clinic {c}": acc[m, c] for c in "AB"} for m in ["shortcut", "debiased"]})
+table.columns.name = "accuracy"
+recall = {m: {f"mel recall, clinic {c}": (pred[m, c] == MEL)[test[c].labels == MEL].float().mean().item()
+              for c in "AB"} for m in ["shortcut", "debiased"]}
+pd.concat([table, pd.DataFrame(recall)])
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+for ax, m in zip(axes, ["shortcut", "debiased"]):
+    show_confusion(confusion_matrix(pred[m, "B"], test["B"].labels),
+                   f"{m} model on clinic B\naccuracy {acc[m, 'B']:.3f}", ax)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 4. The intervention: add a ruler, remove a ruler
+#
+# A drop in accuracy tells us something is off, not what. The ruler intervention asks the model
+# directly. We draw the same 2,000 clinic-B lesions twice, without and with a ruler, and count:
+#
+# - **add**: of the non-melanoma images classified correctly without a ruler, the share that
+#   becomes `mel` once a ruler is added;
+# - **remove**: of the melanoma images classified correctly with a ruler, the share whose
+#   prediction changes once the ruler is removed.
+#
+# A model that looks at the lesion should score near 0 on both.
+
+# %%
+flips = {m: ruler_intervention(model) for m, model in [("shortcut", shortcut), ("debiased", debiased)]}
+pd.DataFrame({m: {"add a ruler: -> mel": f["add"], "remove the ruler: changed": f["remove"],
+                  "images (add)": f["add_n"], "images (remove)": f["remove_n"]}
+              for m, f in flips.items()})
+
+# %% [markdown]
+# The shortcut model's melanoma detector is, to a large degree, a ruler detector. Which lesions
+# does a ruler turn into melanoma? Broken down by the true class:
+
+# %%
+off = make_dataset(2000, clinic="B", seed=TEST_SEEDS["intervention"], ruler=False)
+on = make_dataset(2000, clinic="B", seed=TEST_SEEDS["intervention"], ruler=True)
+p_off, p_on = predict(shortcut, off.images), predict(shortcut, on.images)
+by_class = {}
+for i, c in enumerate(CLASSES):
+    if c == "mel":
+        continue
+    base = (off.labels == i) & (p_off == i)
+    by_class[c] = (p_on[base] == MEL).float().mean().item()
+pd.Series(by_class, name="shortcut model: share turned into mel by a ruler").to_frame().T
+
+# %% [markdown]
+# Brown, melanocytic-looking lesions (nevi, dermatofibromas, many benign keratoses) are turned into
+# melanoma by a ruler; lesions with unmistakable cues of their own (the pink scaly akiec, the
+# vessels of bcc, the red lacunae of vasc) mostly resist. The shortcut is not a single switch: it
+# adds evidence for melanoma, and wins where the lesion's own evidence is weak.
+#
+# Here is what that looks like for single images: the model's probability of melanoma for the
+# same lesion without and with a ruler.
+
+# %%
+idx = [int(((off.labels == CLASSES.index(c)) & (p_off == off.labels) & (p_on == MEL)).nonzero()[0])
+       for c in ["nv", "df", "bkl"]]
+idx += [int(((off.labels == MEL) & (p_on == MEL) & (p_off != MEL)).nonzero()[0])]
+with torch.no_grad():
+    prob_off = shortcut(off.images[idx]).softmax(1)[:, MEL]
+    prob_on = shortcut(on.images[idx]).softmax(1)[:, MEL]
+fig, axes = plt.subplots(2, len(idx), figsize=(2.3 * len(idx), 5))
+for j, i in enumerate(idx):
+    viz.show_image(off.images[i], ax=axes[0, j], title=f"{CLASSES[off.labels[i]]}: P(mel) {prob_off[j]:.2f}")
+    viz.show_image(on.images[i], ax=axes[1, j], title=f"+ ruler: P(mel) {prob_on[j]:.2f}")
+fig.suptitle("shortcut model: the same lesions without (top) and with (bottom) a ruler")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 5. Pitfalls and limits
+#
+# - **Accuracy on the training distribution cannot reveal a shortcut** that the test set shares:
+#   on clinic A the shortcut *is* predictive. It takes a distribution where it breaks (clinic B)
+#   or an intervention to see it.
+# - **The intervention needs a counterfactual we can draw.** With real photographs we cannot remove
+#   a ruler without leaving traces (inpainting creates its own artifacts). DermSynth can, which is
+#   why the course uses it to *measure* what each explanation method gets right.
+# - **The shortcut here is planted and clean.** Real shortcuts are subtler, mixed with real signal
+#   and with each other. The methods are the same; the ground truth is what we give up.
+# - **A debiased model is not a correct model.** It still confuses atypical nevi with melanoma,
+#   because the pictures do not fully separate them; it just does so for the right reason.
+#
+# The intervention tells us *that* the shortcut model uses the ruler. It cannot tell us *where* it
+# looks in a given image, or whether a model we cannot intervene on does the same. That is what
+# attribution methods are for, and what `helpers.metrics.mask_mass` will score from notebook 01 on:
+# the share of an attribution map's magnitude inside the ruler mask, read beside the ruler's share
+# of the image (what a map spread evenly would score).
+
+# %%
+share = mask_share(test["A"].masks["ruler"][test["A"].has_ruler])
+print(f"the ruler covers {share.mean():.3f} of an image on average (min {share.min():.3f}, max {share.max():.3f})")
+
+# %% [markdown]
+# ## 6. Your turn
+#
+# Write `my_mask_mass(attr, mask)`: for attributions `attr` of shape `[B, C, H, W]` and a boolean
+# mask `[B, H, W]`, return for each image the share of the attribution's magnitude that lies inside
+# the mask, as a tensor `[B]`. Sum the magnitude over the channels. The checker runs your function on
+# input gradients of the shortcut model and compares with ours; when it fails, it says why.
+
+# %%
+from helpers.exercises import check_mask_mass
+
+
+def my_mask_mass(attr, mask):
+    # your code here; this first attempt forgets something
+    per_pixel = attr.sum(1)
+    return (per_pixel * mask).sum((1, 2)) / per_pixel.sum((1, 2))
+
+
+check_mask_mass(my_mask_mass)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# def my_mask_mass(attr, mask):
+#     per_pixel = attr.abs().sum(1)
+#     return (per_pixel * mask).sum((1, 2)) / per_pixel.sum((1, 2))
+# ```
+# </details>
+
+# %% [markdown]
+# ## Summary
+#
+# - DermSynth draws dermoscopy-like images with ground-truth masks for the lesion and every
+#   artifact, in two clinics: rulers go with melanoma in A, and are independent of the class in B.
+# - The shortcut model is nearly perfect on clinic A, loses accuracy on clinic B, and the ruler
+#   intervention shows why: adding a ruler turns many benign lesions into melanoma, removing it
+#   turns most melanomas into something else. The debiased model barely reacts to the ruler.
+#
+# **Next: 01 · Saliency maps.** The simplest answer to *where is it looking?*: the gradient of the
+# score with respect to every pixel, and whether it finds the ruler.

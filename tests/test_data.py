@@ -1,0 +1,122 @@
+"""DermSynth: determinism, masks, clinic statistics, arguments."""
+
+import pytest
+import torch
+
+from helpers.data import CLASSES, CLINICS, MEL, make_dataset
+
+
+@pytest.fixture(scope="module")
+def big():
+    return make_dataset(4000, clinic="A", seed=123)
+
+
+def test_api_shapes_and_ranges():
+    ds = make_dataset(32, seed=0)
+    assert "mel" in CLASSES and len(CLASSES) == 7
+    assert ds.images.shape == (32, 3, 64, 64) and ds.images.dtype == torch.float32
+    assert 0 <= ds.images.min() and ds.images.max() <= 1
+    assert ds.labels.dtype == torch.long and ds.labels.shape == (32,)
+    assert ds.has_ruler.dtype == torch.bool and ds.clinic == "A"
+    assert {"lesion", "ruler", "ink", "hair", "corners"} <= set(ds.masks)
+    for m in ds.masks.values():
+        assert m.shape == (32, 64, 64) and m.dtype == torch.bool
+
+
+def test_same_seed_same_bytes_other_seed_other_images():
+    a, b = make_dataset(50, seed=7), make_dataset(50, seed=7)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+    assert not torch.equal(a.images, make_dataset(50, seed=8).images)
+
+
+def test_forcing_the_ruler_changes_only_the_ruler():
+    off = make_dataset(200, clinic="B", seed=5, ruler=False)
+    on = make_dataset(200, clinic="B", seed=5, ruler=True)
+    assert not off.has_ruler.any() and on.has_ruler.all()
+    assert torch.equal(off.labels, on.labels)
+    for k in ("lesion", "ink", "hair", "corners"):
+        assert torch.equal(off.masks[k], on.masks[k]), k
+    assert not off.masks["ruler"].any()
+    changed = (on.images - off.images).abs().amax(1) > 1e-6
+    ruler = on.masks["ruler"]
+    # not one pixel outside the ruler mask changes ...
+    assert not (changed & ~ruler).any()
+    # ... and the mask holds the ruler: almost every pixel in it changes (the rest lie under a
+    # dark dermoscope corner), and it is a strip of a plausible size along an edge
+    assert (changed & ruler).sum() / ruler.sum() > 0.95
+    share = ruler.float().mean((1, 2))
+    assert share.min() > 0.07 and share.max() < 0.16
+
+
+def test_ruler_mask_matches_has_ruler(big):
+    assert torch.equal(big.masks["ruler"].flatten(1).any(1), big.has_ruler)
+
+
+def test_ruler_does_not_cover_the_lesion(big):
+    overlap = (big.masks["ruler"] & big.masks["lesion"]).flatten(1).sum(1)
+    assert overlap.max() == 0
+
+
+def test_lesion_mask_is_central_blob(big):
+    share = big.masks["lesion"].float().mean((1, 2))
+    assert share.min() > 0.02 and share.max() < 0.5
+    # the image centre lies inside the lesion for nearly every image
+    assert big.masks["lesion"][:, 32, 32].float().mean() > 0.95
+
+
+def test_clinic_a_rulers_go_with_melanoma(big):
+    p_mel, p_other = CLINICS["A"]
+    mel = big.labels == MEL
+    assert abs(big.has_ruler[mel].float().mean() - p_mel) < 0.04
+    assert abs(big.has_ruler[~mel].float().mean() - p_other) < 0.02
+    # classes are drawn uniformly
+    counts = torch.bincount(big.labels, minlength=7).float() / len(big)
+    assert (counts - 1 / 7).abs().max() < 0.03
+
+
+def test_clinic_b_rulers_independent_of_class():
+    ds = make_dataset(7000, clinic="B", seed=321)
+    p = CLINICS["B"][0]
+    for c in range(len(CLASSES)):
+        rate = ds.has_ruler[ds.labels == c].float().mean()
+        assert abs(rate - p) < 0.05, (CLASSES[c], float(rate))
+
+
+def test_other_artifacts_independent_of_class_and_clinic():
+    a = make_dataset(3000, clinic="A", seed=11)
+    b = make_dataset(3000, clinic="B", seed=12)
+    for ds in (a, b):
+        for k, p in (("ink", 0.2), ("hair", 0.3), ("corners", 0.3)):
+            present = ds.masks[k].flatten(1).any(1).float()
+            assert abs(present.mean() - p) < 0.04, k
+            mel = ds.labels == MEL
+            assert abs(present[mel].mean() - present[~mel].mean()) < 0.08, k
+
+
+def test_skin_tones_vary():
+    ds = make_dataset(500, seed=2)
+    skin = ~(ds.masks["lesion"] | ds.masks["ruler"] | ds.masks["ink"] | ds.masks["hair"] | ds.masks["corners"])
+    brightness = (ds.images.mean(1) * skin).sum((1, 2)) / skin.sum((1, 2))
+    assert brightness.max() - brightness.min() > 0.25
+
+
+def test_forced_labels_and_indexing():
+    ds = make_dataset(14, labels=["mel"] * 7 + [0] * 7)
+    assert ds.labels.tolist() == [MEL] * 7 + [0] * 7
+    sub = ds[3:5]
+    assert len(sub) == 2 and sub.masks["lesion"].shape[0] == 2
+    assert ds[0].images.shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(n=0), "n"), (dict(n=2.5), "n"), (dict(n=4, clinic="C"), "clinic"),
+    (dict(n=4, ruler="yes"), "ruler"), (dict(n=4, p_ruler=(1.5, 0.1)), "p_ruler"),
+    (dict(n=4, clinic="B", p_ruler=(0.9, 0.1)), "p_ruler"), (dict(n=4, size=8), "size"),
+    (dict(n=2, labels=["melanoma", "nv"]), "labels"), (dict(n=2, labels=[9, 0]), "labels"),
+    (dict(n=3, labels=[0, 1]), "labels"),
+])
+def test_bad_arguments_name_the_argument(kwargs, word):
+    n = kwargs.pop("n")
+    with pytest.raises(ValueError, match=word):
+        make_dataset(n, **kwargs)

@@ -1,0 +1,30 @@
+"""The set-up files agree with each other and with what is installed."""
+
+import re
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pins(text: str) -> dict:
+    return {m[1].lower(): m[2] for m in re.finditer(r"^\s*-?\s*([A-Za-z0-9_.\-]+)==([^\s#]+)", text, re.M)}
+
+
+def test_requirements_and_environment_pin_the_same_versions():
+    req = pins((ROOT / "requirements.txt").read_text())
+    env = pins((ROOT / "environment.yml").read_text())
+    assert req == env
+    assert req["torch"] == "2.13.0" and "torchvision" not in req
+
+
+def test_installed_versions_match_the_pins():
+    req = pins((ROOT / "requirements.txt").read_text())
+    for name, pinned in req.items():
+        assert version(name).split("+")[0] == pinned, name
+
+
+def test_ci_runs_make_test_only():
+    run = (ROOT / ".ci" / "run").read_text()
+    commands = [line for line in run.splitlines() if line.strip() and not line.startswith("#")]
+    assert commands[-1].strip() == "exec make test"

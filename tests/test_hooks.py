@@ -1,0 +1,81 @@
+"""helpers.hooks: capture records the right tensors and never leaves a hook behind."""
+
+import pytest
+import torch
+from torch import nn
+
+from helpers.hooks import capture, count_hooks, resolve_layer
+from helpers.models import DermNet
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return DermNet().eval()
+
+
+def test_records_activation_and_gradient(model):
+    x = torch.rand(2, 3, 64, 64)
+    with capture(model, "layer4") as rec:
+        feats = model.features(x)
+        out = model.fc(feats.mean((2, 3)))
+        out[:, 3].sum().backward()
+    assert count_hooks(model) == 0
+    assert torch.allclose(rec.activation, feats.detach())
+    # d out[:,3] / d feats = fc.weight[3] / (h*w), broadcast over the grid
+    expected = (model.fc.weight[3] / 64).view(1, -1, 1, 1).expand_as(feats)
+    assert torch.allclose(rec.gradient, expected, atol=1e-7)
+    model.zero_grad(set_to_none=True)
+
+
+def test_hooks_removed_when_the_body_raises(model):
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture(model, model.layer3):
+            model(torch.rand(1, 3, 64, 64))
+            raise RuntimeError("boom")
+    assert count_hooks(model) == 0
+
+
+def test_hooks_removed_when_the_model_raises(model):
+    with pytest.raises(ValueError):
+        with capture(model, "layer2"):
+            model(torch.rand(1, 4, 64, 64))  # wrong channel count: the model raises
+    assert count_hooks(model) == 0
+
+
+def test_activation_is_a_clone_not_a_view():
+    class InPlaceAfter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y.mul_(0)  # an in-place change after the hooked layer
+
+    m = InPlaceAfter()
+    with torch.no_grad(), capture(m, "conv") as rec:
+        m(torch.ones(1, 1, 2, 2))
+    assert rec.activation.abs().sum() > 0
+
+
+def test_resolve_layer_errors_list_valid_names(model):
+    assert resolve_layer(model, "layer4.0") is model.layer4[0]
+    with pytest.raises(ValueError, match="layer5.*valid names.*layer4"):
+        resolve_layer(model, "layer5")
+    with pytest.raises(ValueError, match="not a module of the model"):
+        resolve_layer(model, nn.Conv2d(1, 1, 1))
+    with pytest.raises(TypeError, match="layer must be"):
+        resolve_layer(model, 4)
+    with pytest.raises(ValueError):
+        with capture(model, "nope"):
+            pass
+    assert count_hooks(model) == 0
+
+
+def test_many_calls_leave_nothing(model):
+    x = torch.rand(1, 3, 64, 64)
+    for _ in range(200):
+        with capture(model, "layer4"), torch.no_grad():
+            model(x)
+    assert count_hooks(model) == 0

@@ -1,0 +1,58 @@
+"""helpers.metrics on hand-made maps where the answer is known."""
+
+import math
+
+import pytest
+import torch
+
+from helpers.metrics import mask_mass, mask_share, pointing_game
+
+
+def test_mask_mass_by_hand():
+    attr = torch.zeros(2, 1, 4, 4)
+    attr[0, 0, 0, 0] = 3.0
+    attr[0, 0, 3, 3] = -1.0  # magnitude counts
+    attr[1, 0] = 1.0
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[:, 0, 0] = True
+    assert torch.allclose(mask_mass(attr, mask), torch.tensor([0.75, 1 / 16]))
+
+
+def test_uniform_map_scores_the_mask_share():
+    mask = torch.rand(3, 8, 8) > 0.7
+    attr = torch.ones(3, 3, 8, 8)
+    assert torch.allclose(mask_mass(attr, mask), mask_share(mask))
+
+
+def test_channels_summed_in_magnitude():
+    attr = torch.zeros(1, 3, 2, 2)
+    attr[0, 0, 0, 0], attr[0, 1, 0, 0] = 1.0, -1.0  # cancel if summed with sign
+    attr[0, 2, 1, 1] = 2.0
+    mask = torch.zeros(1, 2, 2, dtype=torch.bool)
+    mask[0, 0, 0] = True
+    assert torch.allclose(mask_mass(attr, mask), torch.tensor([0.5]))
+
+
+def test_zero_map_is_nan():
+    assert math.isnan(mask_mass(torch.zeros(1, 1, 2, 2), torch.ones(1, 2, 2, dtype=torch.bool)).item())
+
+
+def test_pointing_game():
+    attr = torch.zeros(2, 1, 3, 3)
+    attr[0, 0, 1, 1] = 5
+    attr[1, 0, 0, 2] = -5  # largest magnitude, outside
+    attr[1, 0, 1, 1] = 1
+    mask = torch.zeros(2, 3, 3, dtype=torch.bool)
+    mask[:, 1, 1] = True
+    assert pointing_game(attr, mask).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("attr, mask, word", [
+    (torch.zeros(4, 4), torch.zeros(1, 4, 4, dtype=torch.bool), "attr"),
+    (torch.zeros(1, 1, 4, 4), torch.zeros(4, 4, dtype=torch.bool), "mask"),
+    (torch.zeros(1, 1, 8, 8), torch.zeros(1, 4, 4, dtype=torch.bool), "does not match"),
+    ([1, 2], torch.zeros(1, 4, 4, dtype=torch.bool), "attr"),
+])
+def test_bad_inputs(attr, mask, word):
+    with pytest.raises((ValueError, TypeError), match=word):
+        mask_mass(attr, mask)

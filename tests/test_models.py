@@ -1,0 +1,160 @@
+"""DermNet: architecture, checkpoint verification, and the figures the shipped models must reach.
+
+The figures are measured on freshly generated test images whose seeds are disjoint from training
+(helpers.train.TEST_SEEDS); they fail if a rebuilt checkpoint stops showing the shortcut.
+"""
+
+import json
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+import helpers.models as models
+from helpers.data import make_dataset
+from helpers.models import DermNet, load_dermnet
+from helpers.train import accuracy, confusion_matrix, predict, ruler_intervention
+
+
+@pytest.fixture(scope="module")
+def shortcut():
+    return load_dermnet("shortcut")
+
+
+@pytest.fixture(scope="module")
+def debiased():
+    return load_dermnet("debiased")
+
+
+def test_torchvision_style_names_and_shapes():
+    model = DermNet().eval()
+    names = dict(model.named_children())
+    for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"):
+        assert name in names
+    assert isinstance(model.avgpool, nn.AdaptiveAvgPool2d) and isinstance(model.fc, nn.Linear)
+    x = torch.rand(2, 3, 64, 64)
+    assert model.features(x).shape[-2:] == (8, 8)  # layer4 grid at least 8x8
+    assert model(x).shape == (2, 7)
+
+
+def test_every_relu_is_its_own_non_inplace_module_used_once():
+    model = DermNet().eval()
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    assert relus and all(not r.inplace for r in relus)
+    calls = {id(r): 0 for r in relus}
+    hooks = [r.register_forward_hook(lambda m, i, o: calls.__setitem__(id(m), calls[id(m)] + 1)) for r in relus]
+    try:
+        model(torch.rand(1, 3, 64, 64))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert set(calls.values()) == {1}
+
+
+def test_normalisation_inside_the_model_black_is_zero():
+    model = DermNet()
+    assert torch.allclose(model.normalize(torch.zeros(1, 3, 1, 1)).flatten(),
+                          -model.normalize.mean.flatten() / model.normalize.std.flatten())
+
+
+def test_forward_rejects_wrong_shape():
+    with pytest.raises(ValueError, match="x must be"):
+        DermNet()(torch.rand(3, 64, 64))
+
+
+def test_load_gives_eval_mode_and_small_checkpoints(shortcut):
+    assert not shortcut.training
+    for name in models.CHECKPOINTS:
+        assert models.checkpoint_path(name).stat().st_size <= 5 * 2**20
+
+
+def test_unknown_checkpoint_name():
+    with pytest.raises(ValueError, match="name must be one of"):
+        load_dermnet("resnet50")
+
+
+@pytest.fixture
+def data_copy(tmp_path, monkeypatch):
+    """A copy of data/ that the test may damage."""
+    for f in models.DATA_DIR.iterdir():
+        if f.is_file():
+            shutil.copy(f, tmp_path / f.name)
+    monkeypatch.setattr(models, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(models, "MANIFEST", tmp_path / "MANIFEST.json")
+    return tmp_path
+
+
+def test_altered_checkpoint_is_refused(data_copy):
+    path = data_copy / "dermnet_shortcut.pt"
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(RuntimeError, match=r"dermnet_shortcut\.pt.*make data"):
+        load_dermnet("shortcut")
+    load_dermnet("debiased")  # the other one is still fine
+
+
+def test_missing_checkpoint_says_which_and_how_to_rebuild(data_copy):
+    (data_copy / "dermnet_debiased.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"dermnet_debiased\.pt.*make data"):
+        load_dermnet("debiased")
+
+
+def test_missing_manifest_entry(data_copy):
+    manifest = json.loads((data_copy / "MANIFEST.json").read_text())
+    del manifest["files"]["dermnet_shortcut.pt"]
+    (data_copy / "MANIFEST.json").write_text(json.dumps(manifest))
+    with pytest.raises(FileNotFoundError, match="not listed"):
+        load_dermnet("shortcut")
+
+
+def test_predict_keeps_the_mode():
+    model = DermNet().train()
+    predict(model, torch.rand(4, 3, 64, 64))
+    assert model.training
+
+
+def test_confusion_matrix_counts():
+    cm = confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), k=3)
+    assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+
+
+# ---- the figures (issue: shortcut model suspiciously good, debiased model honest) ----
+
+def test_shortcut_model_is_suspiciously_good_on_clinic_a(shortcut):
+    assert accuracy(shortcut, "A") >= 0.90
+
+
+def test_shortcut_model_follows_the_ruler(shortcut):
+    flips = ruler_intervention(shortcut)
+    assert flips["add_n"] >= 500 and flips["remove_n"] >= 100
+    assert flips["add"] >= 0.40, flips
+    assert flips["remove"] >= 0.40, flips
+
+
+def test_debiased_model_is_accurate_on_clinic_b(debiased):
+    assert accuracy(debiased, "B") >= 0.85
+
+
+def test_debiased_model_ignores_the_ruler(debiased):
+    flips = ruler_intervention(debiased)
+    assert flips["add_n"] >= 500 and flips["remove_n"] >= 100
+    assert flips["add"] <= 0.05, flips
+    assert flips["remove"] <= 0.05, flips
+
+
+def test_shortcut_model_drops_on_clinic_b(shortcut):
+    assert accuracy(shortcut, "B") < accuracy(shortcut, "A") - 0.05
+
+
+def test_training_runs_and_learns(monkeypatch):
+    """A tiny run of the real training loop: the loss goes down and the model comes back in eval."""
+    from helpers.train import train_dermnet
+    ds = make_dataset(256, clinic="B", seed=1)
+    model = train_dermnet("B", epochs=2, n_per_epoch=256, batch_size=64, lr=3e-3, weight_decay=0.0,
+                          seed_base=1, progress=False)
+    assert not model.training
+    with torch.no_grad():
+        loss = nn.functional.cross_entropy(model(ds.images), ds.labels)
+    assert loss < 1.9  # chance level is ln 7 = 1.95
