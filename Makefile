@@ -8,7 +8,6 @@ STAMP  := $(VENV)/.installed
 KERNEL := interp-course
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 
 .PHONY: lab test lint unit notebooks run data bench clean
 
@@ -20,7 +19,6 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 ## make lab: set everything up, register the kernel and start JupyterLab on notebooks/
-lab: MPLBACKEND :=
 lab: $(STAMP)
 	$(BIN)/python -m ipykernel install --user --name $(KERNEL) \
 		--display-name "Python (interpretability course)" >/dev/null

@@ -23,6 +23,10 @@ Clinics decide how rulers go with the label. In clinic ``"A"`` a ruler appears i
 images and in few others (the shortcut); in clinic ``"B"`` rulers appear at one rate whatever the
 class. Ink, hair and dark corners are independent of the class everywhere.
 
+Masks are where each thing is drawn, whether or not something is drawn over it: a hair over the
+lesion does not cut the lesion mask. The ruler lies along an edge and the lesion near the centre;
+in about 2 images in 1,000 a very large lesion reaches under the ruler by a few pixels.
+
 Every random draw is made for every image whether or not it is used, in a fixed order, so forcing
 ``ruler=True`` or ``ruler=False`` changes the ruler and nothing else: the same lesion can be seen
 with and without it.

@@ -151,15 +151,15 @@ def check_method(your_fn, our_fn, model: torch.nn.Module, x: torch.Tensor, targe
 def check_mask_mass(your_fn, n: int = 16, seed: int = 0) -> CheckResult:
     """Notebook 00: check ``your_fn(attr, mask) -> [B]`` against ``helpers.metrics.mask_mass``.
 
-    The test maps are signed input gradients of the shortcut model on clinic-A images, scored on
-    their ruler masks.
+    The test maps are signed input gradients ``[B, 3, H, W]`` of the shortcut model on clinic-A
+    images that all have a ruler, scored on their ruler masks.
     """
     from .data import make_dataset
     from .metrics import mask_mass
     from .models import load_dermnet
 
     model = load_dermnet("shortcut")
-    ds = make_dataset(n, clinic="A", seed=seed)
+    ds = make_dataset(n, clinic="A", seed=seed, ruler=True)
     x = ds.images.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(model(x)[torch.arange(n), ds.labels].sum(), x)
     mask = ds.masks["ruler"]
@@ -168,14 +168,20 @@ def check_mask_mass(your_fn, n: int = 16, seed: int = 0) -> CheckResult:
     except Exception as err:
         return CheckResult(False, "mask_mass", f"your function raised {type(err).__name__}: {err}")
     ours = mask_mass(grad, mask)
-    has_ruler = mask.flatten(1).any(1)
     if isinstance(yours, torch.Tensor) and yours.shape == ours.shape:
-        yours = yours.detach().double()
-        if torch.isnan(yours[~has_ruler]).any() or torch.isnan(yours[has_ruler]).any():
-            return CheckResult(False, "mask_mass", "NaN for some images: the total magnitude is "
-                                                   "never zero here, so check the division")
-        unsigned = (grad.sum(1).abs() * mask).sum((1, 2)) / grad.sum(1).abs().sum((1, 2))
-        if torch.allclose(yours, unsigned.double(), atol=1e-6):
-            return CheckResult(False, "mask_mass", "you took |sum over channels| of the map: take "
-                                                   "the magnitude of each channel first, then sum")
+        y = yours.detach().double()
+        g, m = grad.double(), mask.double()
+        known = {
+            "you summed signed values, so positive and negative attributions cancel: take the "
+            "magnitude (.abs()) before summing": (g.sum(1) * m).sum((1, 2)) / g.sum(1).sum((1, 2)),
+            "you took |sum over channels|: take the magnitude of each channel first, then sum over "
+            "the channels": (g.sum(1).abs() * m).sum((1, 2)) / g.sum(1).abs().sum((1, 2)),
+            "you return the magnitude inside the mask, not its share: divide by the total magnitude "
+            "of each image": (g.abs().sum(1) * m).sum((1, 2)),
+            "you divided by the number of pixels in the mask (a mean inside the mask), not by the "
+            "total magnitude of the image": (g.abs().sum(1) * m).sum((1, 2)) / m.sum((1, 2)),
+        }
+        for hint, wrong in known.items():
+            if torch.allclose(y, wrong, rtol=1e-5, atol=1e-9) and not torch.allclose(y, ours.double(), atol=1e-6):
+                return CheckResult(False, "mask_mass", hint, float((y - ours).abs().max()))
     return compare(yours, ours, name="mask_mass", atol=1e-6, rtol=1e-5)

@@ -6,11 +6,6 @@ import torch
 from helpers.data import CLASSES, CLINICS, MEL, make_dataset
 
 
-@pytest.fixture(scope="module")
-def big():
-    return make_dataset(4000, clinic="A", seed=123)
-
-
 def test_api_shapes_and_ranges():
     ds = make_dataset(32, seed=0)
     assert "mel" in CLASSES and len(CLASSES) == 7
@@ -49,47 +44,51 @@ def test_forcing_the_ruler_changes_only_the_ruler():
     assert share.min() > 0.07 and share.max() < 0.16
 
 
-def test_ruler_mask_matches_has_ruler(big):
-    assert torch.equal(big.masks["ruler"].flatten(1).any(1), big.has_ruler)
+def test_ruler_mask_matches_has_ruler(clinic_a, clinic_b):
+    for ds in (clinic_a, clinic_b):
+        assert torch.equal(ds.masks["ruler"].flatten(1).any(1), ds.has_ruler)
 
 
-def test_ruler_does_not_cover_the_lesion(big):
-    overlap = (big.masks["ruler"] & big.masks["lesion"]).flatten(1).sum(1)
-    assert overlap.max() == 0
+def test_ruler_rarely_touches_the_lesion(pair):
+    """The ruler lies along an edge and the lesion near the centre; a very large lesion can reach
+    under the ruler (documented in helpers.data), but rarely and only at its rim."""
+    ds = pair[1]  # every image with a ruler
+    overlap = (ds.masks["ruler"] & ds.masks["lesion"]).flatten(1).sum(1).float()
+    lesion = ds.masks["lesion"].flatten(1).sum(1).float()
+    assert (overlap > 0).float().mean() < 0.01
+    assert (overlap / lesion).max() < 0.10
 
 
-def test_lesion_mask_is_central_blob(big):
-    share = big.masks["lesion"].float().mean((1, 2))
+def test_lesion_mask_is_central_blob(clinic_a):
+    share = clinic_a.masks["lesion"].float().mean((1, 2))
     assert share.min() > 0.02 and share.max() < 0.5
     # the image centre lies inside the lesion for nearly every image
-    assert big.masks["lesion"][:, 32, 32].float().mean() > 0.95
+    assert clinic_a.masks["lesion"][:, 32, 32].float().mean() > 0.95
 
 
-def test_clinic_a_rulers_go_with_melanoma(big):
+def test_clinic_a_rulers_go_with_melanoma(clinic_a):
     p_mel, p_other = CLINICS["A"]
-    mel = big.labels == MEL
-    assert abs(big.has_ruler[mel].float().mean() - p_mel) < 0.04
-    assert abs(big.has_ruler[~mel].float().mean() - p_other) < 0.02
+    mel = clinic_a.labels == MEL
+    assert abs(clinic_a.has_ruler[mel].float().mean() - p_mel) < 0.04
+    assert abs(clinic_a.has_ruler[~mel].float().mean() - p_other) < 0.02
     # classes are drawn uniformly
-    counts = torch.bincount(big.labels, minlength=7).float() / len(big)
+    counts = torch.bincount(clinic_a.labels, minlength=7).float() / len(clinic_a)
     assert (counts - 1 / 7).abs().max() < 0.03
 
 
-def test_clinic_b_rulers_independent_of_class():
-    ds = make_dataset(7000, clinic="B", seed=321)
+def test_clinic_b_rulers_independent_of_class(clinic_b):
     p = CLINICS["B"][0]
+    assert CLINICS["B"][0] == CLINICS["B"][1]
     for c in range(len(CLASSES)):
-        rate = ds.has_ruler[ds.labels == c].float().mean()
-        assert abs(rate - p) < 0.05, (CLASSES[c], float(rate))
+        rate = clinic_b.has_ruler[clinic_b.labels == c].float().mean()
+        assert abs(rate - p) < 0.06, (CLASSES[c], float(rate))  # about 3 standard errors at n=570
 
 
-def test_other_artifacts_independent_of_class_and_clinic():
-    a = make_dataset(3000, clinic="A", seed=11)
-    b = make_dataset(3000, clinic="B", seed=12)
-    for ds in (a, b):
+def test_other_artifacts_independent_of_class_and_clinic(clinic_a, clinic_b):
+    for ds in (clinic_a, clinic_b):
         for k, p in (("ink", 0.2), ("hair", 0.3), ("corners", 0.3)):
             present = ds.masks[k].flatten(1).any(1).float()
-            assert abs(present.mean() - p) < 0.04, k
+            assert abs(present.mean() - p) < 0.03, k
             mel = ds.labels == MEL
             assert abs(present[mel].mean() - present[~mel].mean()) < 0.08, k
 

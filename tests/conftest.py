@@ -1,0 +1,41 @@
+"""Datasets and models shared by several tests (drawn once per session)."""
+
+import pytest
+import torch
+
+from helpers.data import make_dataset
+from helpers.models import load_dermnet
+from helpers.train import N_TEST, TEST_SEEDS, intervention_pair
+
+torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def clinic_a():
+    return make_dataset(4000, clinic="A", seed=123)
+
+
+@pytest.fixture(scope="session")
+def clinic_b():
+    return make_dataset(4000, clinic="B", seed=321)
+
+
+@pytest.fixture(scope="session")
+def test_sets():
+    """The held-out test sets the figures are measured on (seeds disjoint from training)."""
+    return {c: make_dataset(N_TEST, clinic=c, seed=TEST_SEEDS[c]) for c in "AB"}
+
+
+@pytest.fixture(scope="session")
+def pair():
+    return intervention_pair()
+
+
+@pytest.fixture(scope="session")
+def shortcut():
+    return load_dermnet("shortcut")
+
+
+@pytest.fixture(scope="session")
+def debiased():
+    return load_dermnet("debiased")
