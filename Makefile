@@ -6,6 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 KERNEL := interp-course
+# JupyterLab refuses to start as root (as in many containers) unless told it may
+LAB_FLAGS ?= --no-browser $(if $(filter 0,$(shell id -u)),--allow-root)
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 export PYTHONHASHSEED := 0
 
@@ -23,7 +25,7 @@ lab: $(STAMP)
 	$(BIN)/python -m ipykernel install --user --name $(KERNEL) \
 		--display-name "Python (interpretability course)" >/dev/null
 	@echo "Kernel '$(KERNEL)' registered. Starting JupyterLab: open the URL printed below."
-	$(BIN)/jupyter lab --no-browser --notebook-dir=notebooks
+	$(BIN)/jupyter lab $(LAB_FLAGS) --notebook-dir=notebooks
 
 ## make test: lint, unit tests, then every notebook under nbval
 test: $(STAMP) lint unit notebooks
