@@ -1,6 +1,8 @@
 """Run every benchmark: ``python -m benchmarks`` (or ``make bench``)."""
 
-from benchmarks import bench_data
+from benchmarks import bench_data, bench_gradients
 
 if __name__ == "__main__":
     bench_data.main()
+    print()
+    bench_gradients.main()

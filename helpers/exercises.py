@@ -185,3 +185,110 @@ def check_mask_mass(your_fn, n: int = 16, seed: int = 0) -> CheckResult:
             if torch.allclose(y, wrong, rtol=1e-5, atol=1e-9) and not torch.allclose(y, ours.double(), atol=1e-6):
                 return CheckResult(False, "mask_mass", hint, float((y - ours).abs().max()))
     return compare(yours, ours, name="mask_mass", atol=1e-6, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Notebooks 01-03: gradient methods
+# --------------------------------------------------------------------------------------------
+
+def _dermnet_batch(n: int = 4, seed: int = 0):
+    from .data import make_dataset
+    from .models import load_dermnet
+
+    ds = make_dataset(n, clinic="A", seed=seed, ruler=True)
+    return load_dermnet("shortcut"), ds.images, ds.labels
+
+
+def check_saliency(your_fn) -> CheckResult:
+    """Notebook 01: ``your_fn(model, x, target)`` should return |d score / d x|, shaped like x."""
+    from .gradients import saliency
+
+    model, x, t = _dermnet_batch()
+    result = check_method(your_fn, saliency, model, x, t, name="saliency")
+    if not result.passed and "different values" in result.message:
+        try:
+            yours = your_fn(model, x, t).detach()
+        except Exception:
+            return result
+        probs = _gradient_of(model, x, t, lambda out: out.softmax(1))
+        if torch.allclose(yours, probs.abs(), atol=1e-6):
+            return CheckResult(False, "saliency", "you took the gradient of the softmax probability: "
+                                                  "use the raw score (logit) of the target class", result.max_abs_diff)
+        summed = _gradient_of(model, x, None, lambda out: out)
+        if torch.allclose(yours, summed.abs(), atol=1e-6):
+            return CheckResult(False, "saliency", "you took the gradient of the sum of all class scores: "
+                                                  "pick each image's target score first", result.max_abs_diff)
+    return result
+
+
+def _gradient_of(model, x, t, transform):
+    xg = x.detach().clone().requires_grad_(True)
+    out = transform(model(xg))
+    score = out.sum() if t is None else out[torch.arange(len(x)), t].sum()
+    (g,) = torch.autograd.grad(score, xg)
+    return g
+
+
+def check_smoothgrad(your_fn, n_samples: int = 8, noise_level: float = 0.15) -> CheckResult:
+    """Notebook 02: ``your_fn(model, x, target, noise)`` with ``noise`` of shape [n, B, C, H, W] already
+    scaled to sigma; return the mean gradient over the n noisy copies (SmoothGrad), shaped like x."""
+    from .gradients import smoothgrad
+
+    model, x, t = _dermnet_batch(3, seed=1)
+    seed = 11
+    ours = smoothgrad(model, x, t, n_samples=n_samples, noise_level=noise_level, batch_size=10**6,
+                      generator=torch.Generator().manual_seed(seed))
+    # the same noise our helper drew: image by image, n_samples each
+    raw = torch.randn((x.shape[0] * n_samples, *x.shape[1:]), generator=torch.Generator().manual_seed(seed))
+    sigma = noise_level * (x.amax((1, 2, 3)) - x.amin((1, 2, 3)))
+    noise = (raw.view(x.shape[0], n_samples, *x.shape[1:]) * sigma.view(-1, 1, 1, 1, 1)).transpose(0, 1)
+    noise_before = noise.clone()
+    try:
+        yours = your_fn(model, x.clone(), t, noise)
+    except Exception as err:
+        return CheckResult(False, "smoothgrad", f"your function raised {type(err).__name__}: {err}")
+    if not torch.equal(noise, noise_before):
+        return CheckResult(False, "smoothgrad", "your function changed the noise tensor in place")
+    if isinstance(yours, torch.Tensor) and yours.shape == x.shape:
+        grads = torch.stack([_gradient_of(model, x + noise[k], t, lambda o: o) for k in range(n_samples)])
+        if torch.allclose(yours.detach(), grads.abs().mean(0), atol=1e-6):
+            return CheckResult(False, "smoothgrad", "you averaged |gradient|: SmoothGrad averages the signed "
+                                                    "gradients (take abs only to display)")
+        if torch.allclose(yours.detach(), grads.sum(0), atol=1e-5):
+            return CheckResult(False, "smoothgrad", "you summed the gradients: divide by the number of samples")
+    return compare(yours, ours, name="smoothgrad", atol=1e-6, rtol=1e-4)
+
+
+def check_integrated_gradients(your_fn, steps: int = 16) -> CheckResult:
+    """Notebook 03: ``your_fn(model, x, target, steps)``: IG from a black baseline with the trapezoid
+    rule (alphas linspace(0, 1, steps), weights 1/(steps-1), halved at both ends)."""
+    from .gradients import integrated_gradients
+
+    model, x, t = _dermnet_batch(3, seed=2)
+    ours = integrated_gradients(model, x, t, baseline=0.0, steps=steps, rule="trapezoid")
+    result = check_method(your_fn, integrated_gradients, model, x, t, name="integrated_gradients",
+                          atol=1e-5, rtol=1e-4, steps=steps)
+    if result.passed:
+        return result
+    try:
+        yours = your_fn(model, x, t, steps=steps)
+    except Exception:
+        return result
+    if not isinstance(yours, torch.Tensor) or yours.shape != x.shape:
+        return result
+    yours = yours.detach()
+    hints = [
+        ("captum_trapezoid", "your weights sum to (n-1)/n, like Captum's riemann_trapezoid: the spacing of "
+                             "linspace(0, 1, n) is 1/(n-1), not 1/n"),
+        ("left", "you used the left Riemann rule: include alpha = 1 and halve the two end weights"),
+        ("right", "you used the right Riemann rule: include alpha = 0 and halve the two end weights"),
+        ("middle", "you used midpoints: the trapezoid rule evaluates at linspace(0, 1, n)"),
+    ]
+    for rule, hint in hints:
+        other = integrated_gradients(model, x, t, steps=steps, rule=rule)
+        if torch.allclose(yours, other, atol=1e-5, rtol=1e-4):
+            return CheckResult(False, "integrated_gradients", hint, float((yours - ours).abs().max()))
+    if torch.allclose(yours * x, ours, atol=1e-5, rtol=1e-4):
+        hint = "you return the averaged gradients: multiply by (x - baseline) at the end"
+        return CheckResult(False, "integrated_gradients", hint, float((yours - ours).abs().max()))
+    return result

@@ -66,3 +66,38 @@ def pointing_game(attr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     a, m = _as_maps(attr, mask)
     flat = a.flatten(1).argmax(1)
     return m.flatten(1).gather(1, flat[:, None])[:, 0]
+
+
+def mass_summary(attr: torch.Tensor, masks: dict, names=("ruler", "lesion")) -> dict:
+    """Batch means of what every method notebook reports, for each named mask:
+
+    "<name> mass"      mean mask_mass (share of |attr| inside the mask)
+    "<name> share"     mean share of the image the mask covers (what a uniform map scores)
+    "<name> pointing"  share of images whose map peaks inside the mask (pointing game)
+
+    Images whose mask is empty are left out of that mask's figures.
+    """
+    out = {}
+    for name in names:
+        mask = masks[name]
+        present = mask.flatten(1).any(1)
+        if not present.any():
+            raise ValueError(f"masks[{name!r}] is empty for every image")
+        a, m = attr[present], mask[present]
+        out[f"{name} mass"] = mask_mass(a, m).nanmean().item()
+        out[f"{name} share"] = mask_share(m).mean().item()
+        out[f"{name} pointing"] = pointing_game(a, m).float().mean().item()
+    return out
+
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation per image between two maps ``[B, ...]`` (ties broken by position).
+
+    1 means the two maps order the pixels identically; 0 means unrelated orderings.
+    """
+    if a.shape != b.shape or a.dim() < 2:
+        raise ValueError(f"a and b must be batches of maps of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    ra = a.detach().flatten(1).argsort(1).argsort(1).double()
+    rb = b.detach().flatten(1).argsort(1).argsort(1).double()
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    return ((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))).float()

@@ -56,3 +56,26 @@ def test_pointing_game():
 def test_bad_inputs(attr, mask, word):
     with pytest.raises((ValueError, TypeError), match=word):
         mask_mass(attr, mask)
+
+
+def test_mass_summary():
+    from helpers.metrics import mass_summary
+    attr = torch.zeros(2, 1, 4, 4)
+    attr[:, 0, 0, 0] = 1.0
+    masks = {"ruler": torch.zeros(2, 4, 4, dtype=torch.bool), "lesion": torch.ones(2, 4, 4, dtype=torch.bool)}
+    masks["ruler"][0, 0, :] = True  # only image 0 has a ruler
+    s = mass_summary(attr, masks)
+    assert s == {"ruler mass": 1.0, "ruler share": 0.25, "ruler pointing": 1.0,
+                 "lesion mass": 1.0, "lesion share": 1.0, "lesion pointing": 1.0}
+    with pytest.raises(ValueError, match="empty"):
+        mass_summary(attr, {"ruler": torch.zeros(2, 4, 4, dtype=torch.bool)}, names=("ruler",))
+
+
+def test_rank_correlation():
+    from helpers.metrics import rank_correlation
+    a = torch.rand(3, 1, 5, 5)
+    assert torch.allclose(rank_correlation(a, a), torch.ones(3))
+    assert torch.allclose(rank_correlation(a, -a), -torch.ones(3))
+    assert torch.allclose(rank_correlation(a, a ** 3 + 2), torch.ones(3))  # monotone: ranks unchanged
+    with pytest.raises(ValueError, match="one shape"):
+        rank_correlation(a, a[:2])

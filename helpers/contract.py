@@ -1,0 +1,77 @@
+"""The method contract, checked in one place.
+
+Every attribution method is called as ``method(model, x, target, **options)``. These helpers turn
+bad input into a clear error that names the argument, before any work is done:
+
+- ``model``: an ``nn.Module`` in eval mode where train mode would change the answer (BatchNorm,
+  Dropout);
+- ``x``: a floating tensor ``[B, C, H, W]``;
+- ``target``: an int, or one class index per image (list or LongTensor ``[B]``), within the
+  model's outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout2d, nn.Dropout3d)
+
+
+def check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if model.training and any(isinstance(m, _MODE_DEPENDENT) for m in model.modules()):
+        raise ValueError("model is in training mode, where BatchNorm/Dropout change the answer: "
+                         "call model.eval() first")
+
+
+def check_input(x, name: str = "x") -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be a batch of images [B, C, H, W], got shape {tuple(x.shape)}"
+                         + (" (add a batch dimension: x[None])" if x.dim() == 3 else ""))
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch")
+    return x
+
+
+def check_target(target, batch: int, num_outputs: int | None = None, device=None) -> torch.Tensor:
+    """Return the target as a LongTensor [B]; check its range when ``num_outputs`` is known."""
+    if isinstance(target, bool):
+        raise TypeError("target must be an int or one class index per image, got a bool")
+    if isinstance(target, int):
+        t = torch.full((batch,), target, dtype=torch.long)
+    elif isinstance(target, (list, tuple)) or isinstance(target, torch.Tensor):
+        t = torch.as_tensor(target)
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}")
+        t = t.long().reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(batch).clone()
+        if t.numel() != batch:
+            raise ValueError(f"target has {t.numel()} entries for a batch of {batch} images")
+    else:
+        raise TypeError(f"target must be an int or one class index per image, got {type(target).__name__}")
+    if (t < 0).any():
+        raise ValueError(f"target {t.tolist()} has a negative class index")
+    if num_outputs is not None and (t >= num_outputs).any():
+        raise ValueError(f"target {int(t.max())} is out of range for a model with {num_outputs} outputs")
+    return t.to(device) if device is not None else t
+
+
+def check_outputs(out: torch.Tensor, target: torch.Tensor) -> None:
+    """After the first forward pass: the model gives [B, K] scores and the target is below K."""
+    if out.dim() != 2:
+        raise ValueError(f"the model must return scores [B, num_classes], got shape {tuple(out.shape)}")
+    if (target >= out.shape[1]).any():
+        raise ValueError(f"target {int(target.max())} is out of range for a model with {out.shape[1]} outputs")
+
+
+def check_batch_size(batch_size, name: str = "batch_size") -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{name} must be a positive int, got {batch_size!r}")
+    return batch_size
