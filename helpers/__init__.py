@@ -4,6 +4,8 @@ Modules, one per topic:
     data       DermSynth: synthetic dermoscopy images with ground-truth masks
     models     DermNet and loading its verified checkpoints
     train      training and auditing DermNet (python -m helpers.train rebuilds data/)
+    contract   the method contract's argument checks, shared by every method
+    gradients  saliency, gradient x input, SmoothGrad, Integrated Gradients and IG baselines
     hooks      capture a layer's activation and gradient; hooks always removed
     metrics    mask mass and the pointing game
     viz        overlays and grids with one consistent look

@@ -49,7 +49,7 @@ def check_target(target, batch: int, num_outputs: int | None = None, device=None
         t = torch.as_tensor(target)
         if t.is_floating_point() or t.dtype == torch.bool:
             raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}")
-        t = t.long().reshape(-1)
+        t = t.long().reshape(-1).clone()  # a fresh tensor (an inference-mode one cannot join autograd)
         if t.numel() == 1:
             t = t.expand(batch).clone()
         if t.numel() != batch:

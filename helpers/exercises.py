@@ -262,10 +262,9 @@ def check_smoothgrad(your_fn, n_samples: int = 8, noise_level: float = 0.15) -> 
 def check_integrated_gradients(your_fn, steps: int = 16) -> CheckResult:
     """Notebook 03: ``your_fn(model, x, target, steps)``: IG from a black baseline with the trapezoid
     rule (alphas linspace(0, 1, steps), weights 1/(steps-1), halved at both ends)."""
-    from .gradients import integrated_gradients
+    from .gradients import input_gradient, integrated_gradients
 
     model, x, t = _dermnet_batch(3, seed=2)
-    ours = integrated_gradients(model, x, t, baseline=0.0, steps=steps, rule="trapezoid")
     result = check_method(your_fn, integrated_gradients, model, x, t, name="integrated_gradients",
                           atol=1e-5, rtol=1e-4, steps=steps)
     if result.passed:
@@ -277,18 +276,29 @@ def check_integrated_gradients(your_fn, steps: int = 16) -> CheckResult:
     if not isinstance(yours, torch.Tensor) or yours.shape != x.shape:
         return result
     yours = yours.detach()
-    hints = [
-        ("captum_trapezoid", "your weights sum to (n-1)/n, like Captum's riemann_trapezoid: the spacing of "
-                             "linspace(0, 1, n) is 1/(n-1), not 1/n"),
-        ("left", "you used the left Riemann rule: include alpha = 1 and halve the two end weights"),
-        ("right", "you used the right Riemann rule: include alpha = 0 and halve the two end weights"),
-        ("middle", "you used midpoints: the trapezoid rule evaluates at linspace(0, 1, n)"),
-    ]
-    for rule, hint in hints:
-        other = integrated_gradients(model, x, t, steps=steps, rule=rule)
-        if torch.allclose(yours, other, atol=1e-5, rtol=1e-4):
+    ours = integrated_gradients(model, x, t, steps=steps)
+    n = steps
+    # the gradients at the trapezoid points, then the usual slips in the weights
+    grads = torch.stack([input_gradient(model, a * x, t) for a in torch.linspace(0, 1, n)])
+
+    def weighted(w):
+        return x * (torch.tensor(w).view(-1, 1, 1, 1, 1) * grads).sum(0)
+
+    ends_halved = lambda w: [w / 2] + [w] * (n - 2) + [w / 2]  # noqa: E731
+    slips = {
+        "your weights are all 1/n: the points linspace(0, 1, n) are 1/(n-1) apart, and the trapezoid "
+        "rule halves the two end weights": weighted([1 / n] * n),
+        "your weights are all 1/(n-1): halve the first and the last weight": weighted([1 / (n - 1)] * n),
+        "your weights sum to (n-1)/n, like Captum's riemann_trapezoid: the points linspace(0, 1, n) are "
+        "1/(n-1) apart, so the weights are 1/(n-1), not 1/n": weighted(ends_halved(1 / n)),
+        "you return the averaged gradients: multiply by (x - baseline) at the end":
+            weighted(ends_halved(1 / (n - 1))) / x.clamp_min(1e-12) * (x > 0),
+    }
+    for rule, hint in (("left", "you used the left Riemann rule: include alpha = 1 and halve the end weights"),
+                       ("right", "you used the right Riemann rule: include alpha = 0 and halve the end weights"),
+                       ("middle", "you used midpoints: the trapezoid rule evaluates at linspace(0, 1, n)")):
+        slips[hint] = integrated_gradients(model, x, t, steps=n, rule=rule)
+    for hint, wrong in slips.items():
+        if torch.allclose(yours, wrong, atol=1e-5, rtol=1e-4):
             return CheckResult(False, "integrated_gradients", hint, float((yours - ours).abs().max()))
-    if torch.allclose(yours * x, ours, atol=1e-5, rtol=1e-4):
-        hint = "you return the averaged gradients: multiply by (x - baseline) at the end"
-        return CheckResult(False, "integrated_gradients", hint, float((yours - ours).abs().max()))
     return result

@@ -58,7 +58,7 @@ def train_dermnet(clinic: str, *, epochs: int, n_per_epoch: int, batch_size: int
     return model.eval()
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """Predicted class per image, in batches, without changing the model's mode.
 

@@ -47,6 +47,12 @@ def to_numpy_map(attr) -> np.ndarray:
     return a.numpy()
 
 
+def _magnitudes(maps) -> np.ndarray:
+    """|maps| summed over channels for a batch [N, C, H, W] or [N, H, W], as numpy."""
+    a = maps.detach().float().cpu()
+    return (a.sum(1) if a.dim() == 4 else a).abs().numpy()
+
+
 def show_image(img, ax=None, title: str | None = None):
     """Show one image without axes."""
     ax = ax or plt.gca()
@@ -58,13 +64,14 @@ def show_image(img, ax=None, title: str | None = None):
 
 
 def overlay(img, attr, ax=None, title: str | None = None, signed: bool | None = None,
-            alpha: float = 0.6, vmax: float | None = None, colorbar: bool = False):
+            alpha: float = 0.6, vmax: float | None = None, percentile: float = 99.0, colorbar: bool = False):
     """Draw a heatmap over a faded grey copy of ``img``.
 
     signed  None: decide from the data (any negative value -> signed map); True: diverging colours
             centred on zero; False: magnitude from zero.
-    vmax    the colour scale's limit (default: the map's largest magnitude), so that several maps
-            can share one scale.
+    vmax    the colour scale's limit, so that several maps can share one scale; by default the
+            ``percentile`` of the map's magnitudes (99: the top 1% saturate, so that a few extreme
+            pixels do not wash out the rest; Captum's ``outlier_perc=2`` does the same at 98)
     """
     ax = ax or plt.gca()
     image = to_numpy_image(img)
@@ -75,7 +82,7 @@ def overlay(img, attr, ax=None, title: str | None = None, signed: bool | None = 
     ax.imshow(0.35 + 0.5 * grey, interpolation="nearest")
     if signed is None:
         signed = bool((heat < 0).any())
-    limit = float(vmax if vmax is not None else np.abs(heat).max()) or 1.0
+    limit = float(vmax if vmax is not None else np.percentile(np.abs(heat), percentile)) or 1.0
     if signed:
         im = ax.imshow(heat, cmap=SIGNED_CMAP, vmin=-limit, vmax=limit, alpha=alpha, interpolation="nearest")
     else:
@@ -127,7 +134,7 @@ def attribution_grid(images, maps: dict, row_titles=None, signed: bool | None = 
     for i in range(n):
         show_image(images[i], ax=axes[i, 0], title=row_titles[i] if row_titles else None)
         for j, name in enumerate(names):
-            vmax = float(maps[name].abs().max()) if shared_scale else None
+            vmax = float(np.percentile(_magnitudes(maps[name]), 99)) if shared_scale else None
             overlay(images[i], maps[name][i], ax=axes[i, j + 1], signed=signed, vmax=vmax,
                     title=name if i == 0 else None)
     fig.tight_layout()

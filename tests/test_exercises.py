@@ -96,3 +96,52 @@ def test_check_mask_mass_on_dermnet():
     no_batch = lambda a, m: (a.abs().sum(1) * m).sum() / a.abs().sum()
     assert "shape" in check_mask_mass(no_batch).message
     assert "raised" in check_mask_mass(lambda a, m: 1 / 0).message
+
+
+def _ig_attempt(weights_fn, multiply=True):
+    def fn(model, x, target, steps):
+        total = torch.zeros_like(x)
+        for k, alpha in enumerate(torch.linspace(0, 1, steps)):
+            point = (alpha * x).requires_grad_(True)
+            (g,) = torch.autograd.grad(model(point)[torch.arange(len(x)), target].sum(), point)
+            total += weights_fn(k, steps) * g
+        return x * total if multiply else total
+    return fn
+
+
+def test_check_integrated_gradients_hints():
+    from helpers.exercises import check_integrated_gradients
+    right = lambda k, n: (0.5 if k in (0, n - 1) else 1.0) / (n - 1)  # noqa: E731
+    assert check_integrated_gradients(_ig_attempt(right))
+    assert "all 1/n" in check_integrated_gradients(_ig_attempt(lambda k, n: 1 / n)).message
+    assert "halve the first" in check_integrated_gradients(_ig_attempt(lambda k, n: 1 / (n - 1))).message
+    captum = lambda k, n: (0.5 if k in (0, n - 1) else 1.0) / n  # noqa: E731
+    assert "riemann_trapezoid" in check_integrated_gradients(_ig_attempt(captum)).message
+    assert "multiply by (x - baseline)" in check_integrated_gradients(_ig_attempt(right, multiply=False)).message
+
+
+def test_check_saliency_and_smoothgrad_hints():
+    from helpers.exercises import check_saliency, check_smoothgrad
+    from helpers.gradients import saliency
+    assert check_saliency(lambda m, x, t: saliency(m, x, t))
+
+    def grad_of(score_fn):
+        def fn(model, x, target):
+            x = x.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(score_fn(model(x), target).sum(), x)
+            return g.abs()
+        return fn
+    softmax = grad_of(lambda out, t: out.softmax(1)[torch.arange(len(t)), t])
+    assert "softmax" in check_saliency(softmax).message
+    all_scores = grad_of(lambda out, t: out)
+    assert "sum of all class scores" in check_saliency(all_scores).message
+
+    def sg(model, x, target, noise, use_abs=False):
+        grads = []
+        for eps in noise:
+            xn = (x + eps).requires_grad_(True)
+            (g,) = torch.autograd.grad(model(xn)[torch.arange(len(x)), target].sum(), xn)
+            grads.append(g.abs() if use_abs else g)
+        return torch.stack(grads).mean(0)
+    assert check_smoothgrad(sg)
+    assert "averaged |gradient|" in check_smoothgrad(lambda *a: sg(*a, use_abs=True)).message

@@ -263,3 +263,10 @@ def test_input_gradient_in_float64(batch):
     g = input_gradient(model, x[:1].double(), t[:1])
     assert g.dtype == torch.float64
     assert maxdiff(g.float(), input_gradient(load_dermnet("shortcut"), x[:1], t[:1])) < 1e-5
+
+
+def test_target_from_inference_mode(shortcut, batch):
+    x, _ = batch
+    with torch.inference_mode():
+        t = shortcut(x[:2]).argmax(1)
+    assert saliency(shortcut, x[:2], t).shape == x[:2].shape

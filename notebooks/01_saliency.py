@@ -1,0 +1,308 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Saliency maps: the gradient as sensitivity
+#
+# **The question.** Which pixels, if they changed a little, would change the model's score the most?
+#
+# **After this notebook you will be able to**
+# - compute a saliency map and a gradient × input map with autograd, and with `helpers.gradients`;
+# - check them against Captum's `Saliency` and `InputXGradient`;
+# - say why raw gradient maps look speckled, and measure it;
+# - score a map against DermSynth's ruler mask, and see whether the gradient finds the shortcut.
+#
+# **Time to run:** about 15 s on 2 CPU cores.
+
+# %%
+import inspect
+import warnings
+from contextlib import ExitStack
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from captum.attr import InputXGradient, Saliency
+
+from helpers import viz
+from helpers.data import CLASSES, MEL
+from helpers.gradients import gradient_x_input, saliency
+from helpers.hooks import capture
+from helpers.metrics import mass_summary, rank_correlation
+from helpers.models import load_dermnet
+from helpers.train import intervention_pair, predict
+
+warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")  # Captum
+torch.manual_seed(0)
+pd.set_option("display.precision", 3)
+shortcut, debiased = load_dermnet("shortcut"), load_dermnet("debiased")
+off, on = intervention_pair(n=256)  # the same 256 clinic-B lesions, without and with a ruler
+
+# %% [markdown]
+# ## 1. Intuition and maths
+#
+# Near an image $x$, a network's score for class $c$ behaves like a linear function of the pixels:
+#
+# $$S_c(x + \varepsilon) \approx S_c(x) + \nabla_x S_c(x) \cdot \varepsilon .$$
+#
+# The gradient $\nabla_x S_c(x)$ has one entry per pixel and channel: how fast the score moves when
+# that value moves. Simonyan, Vedaldi & Zisserman (2014, [arXiv:1312.6034](https://arxiv.org/abs/1312.6034))
+# proposed showing its magnitude as an image, the **saliency map**:
+#
+# $$M_c(x)_{ij} = \max_{\text{channel } k} \left| \frac{\partial S_c}{\partial x_{kij}} \right| .$$
+#
+# Two choices hide in that formula. The score is the **logit** (before softmax): the gradient of a
+# probability near 1 is close to zero everywhere. And the map is the **magnitude**, so it says how
+# *sensitive* the score is to a pixel, not in which direction. We keep the signed gradient around
+# (`abs=False`) for gradient × input.
+
+# %% [markdown]
+# ## 2. From scratch
+#
+# Autograd computes the whole gradient in one backward pass. For one image:
+
+# %%
+x = on.images[:1].clone().requires_grad_(True)  # a clinic-B lesion, with a ruler
+score = shortcut(x)[0, MEL]  # the logit of "mel"
+score.backward()
+grad = x.grad
+print(f"true class {CLASSES[on.labels[0]]}, mel logit {score.item():.2f}, gradient shape {tuple(grad.shape)}")
+
+# %% [markdown]
+# That is the whole method. The helper does the same for a batch, with one target per image, without
+# touching the caller's tensor or leaving gradients in the model: it takes `torch.autograd.grad`
+# with respect to a detached view of the input, so the parameters' gradients are never computed.
+
+# %%
+print(inspect.getsource(saliency))
+
+# %%
+print(inspect.getsource(inspect.getmodule(saliency)._gradient))
+
+# %%
+ours = saliency(shortcut, on.images[:1], MEL, abs=False)
+print("largest difference from the cell above:", (ours - grad).abs().max().item())
+
+# %% [markdown]
+# ## 3. Check against Captum
+#
+# Saliency is deterministic, so ours and Captum's should agree to the last bit (REFERENCE_PARITY.md:
+# "exact", `atol` about 1e-6). Captum's `Saliency` takes the absolute value by default
+# (`abs=True`), as ours does. Over 64 images, each with its true class as the target:
+
+# %%
+x64, t64 = on.images[:64], on.labels[:64]
+checks = {
+    "saliency (abs)": (saliency(shortcut, x64, t64), Saliency(shortcut).attribute(x64, target=t64)),
+    "saliency (signed)": (saliency(shortcut, x64, t64, abs=False),
+                          Saliency(shortcut).attribute(x64, target=t64, abs=False)),
+    "gradient x input": (gradient_x_input(shortcut, x64, t64), InputXGradient(shortcut).attribute(x64, target=t64)),
+}
+for name, (a, b) in checks.items():
+    diff = (a - b).abs().max().item()
+    print(f"{name:<18} largest |ours - Captum| = {diff:.1e}")
+    assert diff <= 1e-6
+
+# %% [markdown]
+# ## 4. What a saliency map looks like, and why it speckles
+#
+# Four lesions with a ruler, explained for the class the shortcut model predicts. The map is the
+# maximum over the colour channels of $|\nabla|$, drawn over the faded image.
+
+# %%
+pred_on = predict(shortcut, on.images)
+show = [int(i) for i in ((on.labels == MEL) & (pred_on == MEL)).nonzero()[:2, 0]]
+show += [int(i) for i in ((on.labels == CLASSES.index("nv")) & (pred_on == MEL)).nonzero()[:2, 0]]
+xs, ts = on.images[show], pred_on[show]
+maps = saliency(shortcut, xs, ts).amax(1, keepdim=True)
+fig, axes = plt.subplots(2, 4, figsize=(10, 5.2))
+for j in range(4):
+    viz.show_image(xs[j], ax=axes[0, j], title=f"{CLASSES[on.labels[show[j]]]} → {CLASSES[ts[j]]}")
+    viz.overlay(xs[j], maps[j], ax=axes[1, j], title="saliency")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The maps are grainy: bright single pixels next to dark ones. That grain is real, not a plotting
+# artefact. A ReLU network is piecewise linear: its gradient is constant while every unit keeps its
+# on/off state, and jumps when one switches. How many switch when we add noise of 1% of the image
+# range, which no one would call a different image? `helpers.hooks.capture` records every ReLU's
+# output (and removes its hooks afterwards):
+
+# %%
+relus = [name for name, m in shortcut.named_modules() if isinstance(m, torch.nn.ReLU)]
+
+
+def relu_states(model, x):
+    with ExitStack() as stack, torch.no_grad():
+        recs = [stack.enter_context(capture(model, name)) for name in relus]
+        model(x)
+    return torch.cat([(r.activation > 0).flatten(1) for r in recs], 1)
+
+
+g = torch.Generator().manual_seed(1)
+switched = (relu_states(shortcut, x64) != relu_states(shortcut, x64 + 0.01 * torch.randn(x64.shape, generator=g)))
+print(f"{switched.shape[1]} ReLU units per image; 1% noise switches a median of "
+      f"{int(switched.sum(1).median())} of them ({switched.float().mean(1).median():.1%})")
+
+# %% [markdown]
+# Every switched unit bends the function and changes the gradient somewhere. The effect on the map,
+# measured by the rank correlation of the saliency maps before and after the noise:
+
+# %%
+g = torch.Generator().manual_seed(1)
+rows = {}
+for level in (0.01, 0.05):
+    noisy = x64 + level * torch.randn(x64.shape, generator=g)
+    r = rank_correlation(saliency(shortcut, x64, t64).amax(1), saliency(shortcut, noisy, t64).amax(1))
+    rows[f"noise {level:.0%}"] = {"median rank correlation": r.median().item(), "lowest": r.min().item()}
+pd.DataFrame(rows).T
+
+# %% [markdown]
+# A noise nobody could see reshuffles a good part of the map's ranking. The overall shape survives
+# (the correlation stays well above zero), the pixel-level detail does not. Notebook 02 turns this
+# weakness into a method: average the gradient over many such noisy copies.
+
+# %% [markdown]
+# ## 5. Gradient × input
+#
+# Multiplying the gradient by the input gives the first-order Taylor estimate of how much each
+# pixel contributes relative to a black image (Shrikumar et al. 2016,
+# [arXiv:1605.01713](https://arxiv.org/abs/1605.01713)):
+#
+# $$A_c(x)_i = x_i \, \frac{\partial S_c}{\partial x_i},$$
+#
+# and if $S_c$ is linear, $\sum_i A_c(x)_i = S_c(x) - S_c(0)$ exactly.
+#
+# It keeps the sign: red pixels push the score up, blue ones down. Bright pixels get more weight
+# than dark ones just for being bright, which is the first hint of the baseline problem that
+# notebook 03 takes on.
+
+# %%
+gxi = gradient_x_input(shortcut, xs, ts)
+sal_signed = saliency(shortcut, xs, ts, abs=False)
+fig = viz.attribution_grid(xs, {"gradient (signed)": sal_signed, "gradient × input": gxi},
+                           row_titles=[f"{CLASSES[on.labels[i]]} → {CLASSES[t]}" for i, t in zip(show, ts)])
+plt.show()
+
+# %% [markdown]
+# ## 6. On DermNet: does the gradient find the ruler?
+#
+# The same 256 clinic-B lesions, all with a ruler. Each model explains its own prediction. For each
+# map we report the share of its magnitude on the ruler (ruler mass) and on the lesion, beside the
+# share of the image each covers (what a map spread evenly would score), and the pointing game: how
+# often the single largest value lies on the ruler or the lesion.
+
+# %%
+summary = {}
+for name, model in [("shortcut", shortcut), ("debiased", debiased)]:
+    target = predict(model, on.images)
+    for method, fn in [("saliency", saliency), ("gradient × input", gradient_x_input)]:
+        summary[name, method] = mass_summary(fn(model, on.images, target), on.masks)
+table = pd.DataFrame(summary).T
+table
+
+# %% [markdown]
+# Read the table row against row. A map spread evenly would put the ruler's share of the image
+# (about 0.12) on the ruler. The shortcut model's maps put more than that there, and peak on the
+# ruler in a good part of the images; the debiased model's maps put less than half of it there,
+# almost never peak there, and concentrate on the lesion instead. The contrast between the two
+# models is the signal: about three times more ruler mass for the shortcut model, with either
+# method. Gradient × input, which weights the gradient by the pixel values, peaks on the ruler far
+# more often (the pointing column).
+#
+# The same numbers restricted to the images the shortcut model calls melanoma, where the ruler is
+# doing the work:
+
+# %%
+called_mel = predict(shortcut, on.images) == MEL
+sub = {k: v[called_mel] for k, v in on.masks.items()}
+focus = {}
+for name, model in [("shortcut", shortcut), ("debiased", debiased)]:
+    focus[name] = mass_summary(saliency(model, on.images[called_mel], MEL), sub)
+print(f"{int(called_mel.sum())} images the shortcut model calls mel; saliency of the mel score:")
+pd.DataFrame(focus).T
+
+# %% [markdown]
+# And the intervention from notebook 00, seen through the map: the same lesion without and with a
+# ruler, the shortcut model's saliency for "mel" on one shared colour scale.
+
+# %%
+i = show[2]  # a nevus that the ruler turns into melanoma
+pair_x = torch.cat([off.images[i:i + 1], on.images[i:i + 1]])
+pair_maps = {m: saliency(model, pair_x, MEL).amax(1, keepdim=True)
+             for m, model in [("shortcut", shortcut), ("debiased", debiased)]}
+fig = viz.attribution_grid(pair_x, pair_maps, row_titles=["no ruler", "ruler"], shared_scale=True)
+plt.show()
+
+# %% [markdown]
+# ## 7. Pitfalls and limits
+#
+# - **Local, not global.** The gradient describes an infinitesimal neighbourhood. A pixel can
+#   matter a great deal and have a zero gradient, when the unit it drives is saturated or switched
+#   off. Notebook 03 (Integrated Gradients) addresses exactly this.
+# - **Sensitivity is not contribution.** A large gradient says the score *would* move if the pixel
+#   moved, not that the pixel *is* responsible for the score.
+# - **Noisy at the pixel level**, as measured above: do not read meaning into single bright pixels.
+# - **Choices that change the picture:** logit or probability, absolute value or sign, maximum or
+#   sum over the channels. State them when you show a map.
+# - **A map that looks plausible is not evidence that it is faithful.** The sanity-checks notebook (12)
+#   randomises the model's weights and watches whether the map changes at all.
+
+# %% [markdown]
+# ## 8. Your turn
+#
+# Write `my_saliency(model, x, target)`: for a batch `x` `[B, 3, H, W]` and a LongTensor `target`
+# `[B]`, return $|\partial S_{target}/\partial x|$ with the shape of `x`, without leaving gradients in
+# the model or changing `x`. The checker compares with `helpers.gradients.saliency` on DermNet images
+# and tells you what is off.
+
+# %%
+from helpers.exercises import check_saliency
+
+
+def my_saliency(model, x, target):
+    x = x.clone().requires_grad_(True)
+    probs = model(x).softmax(1)  # a first attempt: is this the right score?
+    (grad,) = torch.autograd.grad(probs[torch.arange(len(x)), target].sum(), x)
+    return grad.abs()
+
+
+check_saliency(my_saliency)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# def my_saliency(model, x, target):
+#     x = x.clone().requires_grad_(True)
+#     scores = model(x)[torch.arange(len(x)), target]   # logits, one per image
+#     (grad,) = torch.autograd.grad(scores.sum(), x)      # no .backward(): no gradients left in the model
+#     return grad.abs()
+# ```
+# </details>
+
+# %% [markdown]
+# ## Summary
+#
+# - A saliency map is the magnitude of the gradient of the class logit with respect to the pixels:
+#   one backward pass. Ours matches Captum's `Saliency` and `InputXGradient` exactly.
+# - It is grainy: 1% noise reorders much of the map, because ReLU networks are piecewise linear.
+# - On DermNet it already finds the shortcut: the shortcut model's maps put more than the ruler's
+#   share of the image on the ruler and about three times the debiased model's ruler mass; the
+#   debiased model's maps sit on the lesion.
+#
+# **Next: 02 · SmoothGrad.** Average the gradient over noisy copies of the image, and the grain
+# turns into a shape.

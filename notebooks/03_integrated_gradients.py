@@ -1,0 +1,392 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Integrated Gradients: from a baseline to the image
+#
+# **The question.** The gradient says how *sensitive* the score is to each pixel. How much does each
+# pixel *contribute* to the score, compared with an image in which it is absent?
+#
+# **After this notebook you will be able to**
+# - compute Integrated Gradients with `helpers.gradients.integrated_gradients`, for any baseline,
+#   number of steps and quadrature rule, in bounded memory;
+# - check completeness numerically, and reproduce Captum's `IntegratedGradients` rule by rule,
+#   including why its `riemann_trapezoid` differs from the textbook rule;
+# - choose a baseline knowingly: black, mean colour, blurred, noise.
+#
+# **Time to run:** about 40 s on 2 CPU cores.
+
+# %%
+import inspect
+import warnings
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from captum.attr import IntegratedGradients
+from torch import nn
+
+from helpers import viz
+from helpers.data import CLASSES, MEL, make_dataset
+from helpers.gradients import BASELINES, integrated_gradients, path_rule, saliency
+from helpers.metrics import mask_mass, mask_share, mass_summary
+from helpers.models import load_dermnet
+from helpers.train import intervention_pair, predict
+
+warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")  # Captum
+torch.manual_seed(0)
+pd.set_option("display.precision", 3)
+shortcut, debiased = load_dermnet("shortcut"), load_dermnet("debiased")
+off, on = intervention_pair(n=256)  # the same clinic-B lesions without and with a ruler
+
+# %% [markdown]
+# ## 1. Intuition and maths
+#
+# Sundararajan, Taly & Yan (2017, [arXiv:1703.01365](https://arxiv.org/abs/1703.01365)) start from
+# a **baseline** $b$, an input that stands for "no signal" (black, by default), and walk a straight
+# path to the image, $b + \alpha (x - b)$ for $\alpha$ from 0 to 1, adding up the gradient along
+# the way:
+#
+# $$\mathrm{IG}_i(x) = (x_i - b_i) \int_0^1 \frac{\partial S_c\big(b + \alpha (x - b)\big)}{\partial x_i}\, d\alpha .$$
+#
+# By the fundamental theorem of calculus for path integrals, the attributions add up to the change
+# in score, the **completeness** axiom:
+#
+# $$\sum_i \mathrm{IG}_i(x) = S_c(x) - S_c(b).$$
+#
+# In practice the integral is a sum over $n$ points, $\sum_k w_k \nabla S_c(b + \alpha_k (x - b))$,
+# and the error of that sum, $\delta = \sum_i \mathrm{IG}_i - (S_c(x) - S_c(b))$, tells us whether
+# $n$ was large enough.
+#
+# Why not just the gradient at $x$? Because it describes only the end of the path, and the score
+# can change most somewhere else along it (**saturation**: once a feature is clearly present, more
+# of it changes little). Here is the path from black to one melanoma, with the score and the size
+# of the gradient along it:
+
+# %%
+i0 = int(((on.labels == MEL) & (predict(shortcut, on.images) == MEL)).nonzero()[0])
+x0, b0 = on.images[i0:i0 + 1], torch.zeros(1, 3, 64, 64)
+alphas = torch.linspace(0, 1, 41)
+path = b0 + alphas.view(-1, 1, 1, 1) * (x0 - b0)
+with torch.no_grad():
+    scores = shortcut(path)[:, MEL]
+grad_norm = saliency(shortcut, path, MEL, abs=False).flatten(1).norm(dim=1)
+
+fig, axes = plt.subplots(1, 3, figsize=(12, 3), gridspec_kw={"width_ratios": [2.2, 1, 1]})
+viz.show_image(torch.cat([p for p in path[::8]], 2), ax=axes[0], title="the path: alpha = 0, 0.2, ..., 1")
+axes[1].plot(alphas, scores)
+axes[1].set(xlabel="alpha", ylabel="mel logit", title="score along the path")
+axes[2].plot(alphas, grad_norm)
+axes[2].set(xlabel="alpha", ylabel="|gradient|", title="gradient size along the path")
+plt.tight_layout()
+plt.show()
+last_quarter = (scores[-1] - scores[30]) / (scores[-1] - scores[0])  # alphas[30] = 0.75
+print(f"the mel logit goes from {scores[0]:.2f} (black) to {scores[-1]:.2f} (the image); the last quarter "
+      f"of the path, alpha 0.75 to 1, accounts for {last_quarter:.1%} of that change")
+
+# %% [markdown]
+# The score changes steadily for three quarters of the walk and then flattens: near the image, more
+# of the image changes the score little. That flat end is all the gradient at $x$ sees; IG adds up
+# the whole walk. Note also where the walk starts, and that the change is a *fall*: the black image
+# is an extremely confident melanoma for DermNet. For both models, while a flat image of the
+# dataset's mean colour is close to neutral:
+
+# %%
+flat = {"black": torch.zeros(1, 3, 64, 64), "mean colour": BASELINES["mean"](torch.zeros(1, 3, 64, 64))}
+rows = {}
+for name, model in [("shortcut", shortcut), ("debiased", debiased)]:
+    with torch.no_grad():
+        for what, img in flat.items():
+            out = model(img)[0]
+            rows[name, what] = {"mel logit": out[MEL].item(), "largest |logit|": out.abs().max().item(),
+                                "predicted": CLASSES[out.argmax()]}
+with torch.no_grad():
+    real = torch.stack([m(on.images).amax() for m in (shortcut, debiased)])
+print(f"largest logit over the 256 real test images: shortcut {real[0]:.1f}, debiased {real[1]:.1f}")
+pd.DataFrame(rows).T
+
+# %% [markdown]
+# A black square is nothing like a skin image, so the models extrapolate, and both call it
+# melanoma more confidently than any real lesion. IG from a black baseline therefore answers "why
+# is this image *less* melanoma than a black square?". Section 5 compares baselines.
+
+# %% [markdown]
+# ## 2. From scratch
+#
+# The trapezoid rule with $n$ points: $\alpha_k = k/(n-1)$, weights $1/(n-1)$, halved at both
+# ends. We reuse the gradient helper from notebook 01 on the stacked path points:
+
+# %%
+n = 16
+alphas_n = torch.linspace(0, 1, n)
+weights = torch.full((n,), 1 / (n - 1))
+weights[[0, -1]] /= 2
+points = b0 + alphas_n.view(-1, 1, 1, 1) * (x0 - b0)
+grads = saliency(shortcut, points, MEL, abs=False)  # [n, 3, 64, 64]
+ig_by_hand = (x0 - b0) * (weights.view(-1, 1, 1, 1) * grads).sum(0, keepdim=True)
+
+with torch.no_grad():
+    change = (shortcut(x0)[0, MEL] - shortcut(b0)[0, MEL]).item()
+ours = integrated_gradients(shortcut, x0, MEL, baseline=0.0, steps=n)
+print(f"sum of attributions {ig_by_hand.sum():.3f}, score change S(x) - S(b) = {change:.3f}")
+print("largest difference, by hand vs helper:", (ig_by_hand - ours).abs().max().item())
+
+# %% [markdown]
+# The helper walks the same path for a whole batch, `batch_size` path points at a time, so memory
+# stays bounded whatever the number of steps; `path_rule` gives the points and weights of each rule.
+
+# %%
+print(inspect.getsource(integrated_gradients))
+
+# %%
+print(inspect.getsource(path_rule))
+
+# %% [markdown]
+# ## 3. Check against Captum, rule by rule
+#
+# Captum's `IntegratedGradients` defaults to Gauss-Legendre quadrature (`method="gausslegendre"`).
+# Ours defaults to the trapezoid rule. Comparing across rules would compare quadrature errors, not
+# implementations, so we compare each rule with its Captum counterpart, 12 images, 20 steps:
+
+# %%
+x12, t12 = on.images[:12], on.labels[:12]
+ig_captum = IntegratedGradients(shortcut)
+rows = {}
+for rule, method in [("left", "riemann_left"), ("right", "riemann_right"), ("middle", "riemann_middle"),
+                     ("gausslegendre", "gausslegendre"), ("captum_trapezoid", "riemann_trapezoid")]:
+    a, da = integrated_gradients(shortcut, x12, t12, steps=20, rule=rule, return_delta=True)
+    b, db = ig_captum.attribute(x12, target=t12, n_steps=20, method=method, return_convergence_delta=True)
+    rows[f"{rule} vs {method}"] = {"max |attr diff|": (a - b).abs().max().item(),
+                                   "max |delta diff|": (da - db).abs().max().item()}
+parity = pd.DataFrame(rows).T
+print(parity.to_string(float_format=lambda v: f"{v:.1e}"))
+assert parity["max |attr diff|"].max() <= 1e-6 and parity["max |delta diff|"].max() <= 1e-5
+
+# %% [markdown]
+# Every rule agrees to round-off (the deltas to about 1e-6: they subtract two logits of size ~10,
+# whose float32 spacing is about 1e-6). But note the last row: to match Captum's
+# `riemann_trapezoid` we needed a rule of our own, `captum_trapezoid`. Captum evaluates the
+# gradient at `linspace(0, 1, n)`, spaced $1/(n-1)$ apart, but weights the points by $1/n$ (ends
+# halved), so its weights add up to $(n-1)/n$ instead of 1. On a linear model, where every correct
+# rule is exact with any $n$, the effect is plain:
+
+# %%
+torch.manual_seed(0)
+linear = nn.Sequential(nn.Flatten(), nn.Linear(12, 1)).eval()
+xl = torch.rand(1, 3, 2, 2)
+exact = linear[1].weight.view(1, 3, 2, 2) * xl  # IG of a linear model from 0: w * x
+rows = {}
+for n in (2, 5, 50):
+    trap = integrated_gradients(linear, xl, 0, steps=n, rule="trapezoid")
+    capt = IntegratedGradients(linear).attribute(xl, target=0, n_steps=n, method="riemann_trapezoid")
+    rows[n] = {"ours / exact": (trap.sum() / exact.sum()).item(), "Captum / exact": (capt.sum() / exact.sum()).item(),
+               "(n-1)/n": (n - 1) / n}
+pd.DataFrame(rows).T.rename_axis("steps")
+
+# %% [markdown]
+# On DermNet the same factor holds exactly: Captum's trapezoid attributions are our trapezoid
+# attributions times $(n-1)/n$. This is the "about 2% apart at n=50" seen when comparing Captum's
+# trapezoid with its Gauss-Legendre default: it is a weighting slip, not a quadrature error.
+
+# %%
+n = 20
+ours_trap = integrated_gradients(shortcut, x12, t12, steps=n, rule="trapezoid")
+captum_trap = ig_captum.attribute(x12, target=t12, n_steps=n, method="riemann_trapezoid")
+print("max |ours * (n-1)/n - Captum| =", f"{(ours_trap * (n - 1) / n - captum_trap).abs().max().item():.1e}")
+
+# %% [markdown]
+# ## 4. Completeness, checked
+#
+# How fast does $|\delta|$ shrink with the number of steps? For 4 images, relative to the score
+# change $|S_c(x) - S_c(b)|$, for the trapezoid rule, Gauss-Legendre, and Captum's trapezoid
+# (computed from ours with the factor just shown):
+
+# %%
+x4, t4 = on.images[:4], predict(shortcut, on.images[:4])
+with torch.no_grad():
+    dF = (shortcut(x4) - shortcut(torch.zeros_like(x4))).gather(1, t4[:, None])[:, 0]
+rows = {}
+for steps in (4, 16, 64, 128):
+    trap, d_trap = integrated_gradients(shortcut, x4, t4, steps=steps, return_delta=True)
+    _, d_gl = integrated_gradients(shortcut, x4, t4, steps=steps, rule="gausslegendre", return_delta=True)
+    d_captum = trap.sum((1, 2, 3)) * (steps - 1) / steps - dF
+    rows[steps] = {"trapezoid": (d_trap.abs() / dF.abs()).mean().item(),
+                   "Gauss-Legendre": (d_gl.abs() / dF.abs()).mean().item(),
+                   "Captum riemann_trapezoid": (d_captum.abs() / dF.abs()).mean().item()}
+conv = pd.DataFrame(rows).T.rename_axis("steps")
+ax = conv.plot(logx=True, logy=True, marker="o", figsize=(5, 3.5))
+ax.set(ylabel="mean |delta| / |S(x) - S(b)|", title="completeness error")
+plt.show()
+conv
+
+# %% [markdown]
+# Both correct rules converge at about the same rate here. Gauss-Legendre is exact for smooth
+# (polynomial) integrands, but along DermNet's path the gradient jumps every time a ReLU switches,
+# and no rule is exact for jumps. Captum's trapezoid carries an extra error of exactly
+# $|S(x) - S(b)|/n$ (its last column is close to $1/n$), which dominates from a few steps on. At 16
+# steps the trapezoid rule is within about 1% here: check $\delta$ before trusting a map.
+
+# %% [markdown]
+# ## 5. The baseline decides the question
+#
+# IG answers "which pixels make this image score differently from the baseline?". Change the
+# baseline and you change the question. Four common choices (`helpers.gradients.BASELINES`):
+#
+# - **black**: all zeros, the usual default;
+# - **mean**: every pixel DermSynth's mean colour, a flat skin-like image;
+# - **blur**: the image under a strong Gaussian blur: same colours, no edges or texture;
+# - **noise**: uniform noise, no structure at all.
+
+# %%
+idx = [i0, int(((on.labels == CLASSES.index("nv")) & (predict(shortcut, on.images) == MEL)).nonzero()[0])]
+xs, ts = on.images[idx], predict(shortcut, on.images[idx])
+fig, axes = plt.subplots(2, 5, figsize=(11, 4.6))
+for row in range(2):
+    viz.show_image(xs[row], ax=axes[row, 0], title=f"{CLASSES[on.labels[idx[row]]]} → {CLASSES[ts[row]]}")
+for col, name in enumerate(BASELINES, start=1):
+    attr = integrated_gradients(shortcut, xs, ts, baseline=name, steps=32)
+    ruler_mass = mask_mass(attr, on.masks["ruler"][idx])
+    for row in range(2):
+        viz.overlay(xs[row], attr[row].sum(0), ax=axes[row, col], signed=True,
+                    title=f"{name}: ruler mass {ruler_mass[row]:.2f}")
+plt.tight_layout()
+plt.show()
+bl = BASELINES["blur"](xs[:1])
+print(f"the blurred baseline of the first image: pixel std {bl.std():.3f} (image {xs[0].std():.3f})")
+
+# %% [markdown]
+# ### When black is not "nothing": the dermoscope's dark corners
+#
+# IG multiplies by $(x - b)$. Wherever the image *equals* the baseline, the attribution is zero,
+# whatever the model does with those pixels. Dermoscopy images often have black corners. With the
+# black baseline they are invisible to IG by construction; with the mean-colour baseline they can
+# be scored like any other pixel. Over 24 test images that have dark corners:
+
+# %%
+pool = make_dataset(120, clinic="B", seed=31)
+has_corners = pool.masks["corners"].flatten(1).any(1)
+xc = pool.images[has_corners][:24]
+mc = {k: v[has_corners][:24] for k, v in pool.masks.items()}
+tc = predict(shortcut, xc)
+rows = {}
+for name in ("black", "mean"):
+    attr = integrated_gradients(shortcut, xc, tc, baseline=name, steps=16)
+    rows[name] = {"corner mass": mask_mass(attr, mc["corners"]).mean().item(),
+                  "corner share of image": mask_share(mc["corners"]).mean().item(),
+                  "mean |x - b| in the corners": (xc - BASELINES[name](xc)).abs().amax(1)[mc["corners"]].mean().item()}
+pd.DataFrame(rows).T.rename_axis("baseline")
+
+# %% [markdown]
+# With the black baseline the corners get almost no attribution: not because the model ignores
+# them, but because they are (nearly) black, so $x - b \approx 0$ there. The mean-colour baseline
+# gives them their share. Neither answer is "right": they answer different questions. The choice
+# must be made, and stated.
+
+# %% [markdown]
+# ## 6. On DermNet: ruler mass, shortcut versus debiased
+#
+# 48 lesions with a ruler, each model explaining its own prediction, 16 trapezoid steps, black and
+# blurred baselines:
+
+# %%
+x48, m48 = on.images[:48], {k: v[:48] for k, v in on.masks.items()}
+summary = {}
+for name, model in [("shortcut", shortcut), ("debiased", debiased)]:
+    target = predict(model, x48)
+    for baseline in ("black", "blur"):
+        attr = integrated_gradients(model, x48, target, baseline=baseline, steps=16)
+        summary[name, f"IG, {baseline} baseline"] = mass_summary(attr, m48)
+pd.DataFrame(summary).T
+
+# %% [markdown]
+# With the black baseline IG separates the models only weakly: the shortcut model's ruler mass is
+# about the ruler's share of the image, the debiased model's about two thirds of it, and only the
+# pointing column shows a clear difference. That is the black square again: most of what IG
+# explains from black is the fall from "confident melanoma" to this image.
+#
+# With the blurred baseline the question becomes "what do the edges and fine structure add?", and
+# the shortcut is plain: the shortcut model puts about three times the ruler's share on the ruler
+# and peaks there in half of the images. The ruler's ticks are the sharpest structure in these
+# images, so the debiased model's ruler mass rises above the ruler's share too: compare models
+# under one baseline, never numbers across baselines.
+
+# %% [markdown]
+# ## 7. Pitfalls and limits
+#
+# - **The baseline is part of the answer** (section 5). Black gives dark regions no credit; a blurred
+#   baseline gives flat regions none. Report the baseline with the map.
+# - **Check completeness.** $\delta$ is free to compute (`return_delta=True`); if it is a sizeable
+#   fraction of $S(x) - S(b)$, add steps or switch rules.
+# - **Library defaults differ.** Captum's default rule is Gauss-Legendre; its `riemann_trapezoid`
+#   weights sum to $(n-1)/n$. Compare like with like.
+# - **Completeness is not faithfulness.** The attributions add up to the score change by
+#   construction; that does not make each pixel's share meaningful. The evaluation notebook (13)
+#   measures faithfulness directly (deletion and insertion curves).
+# - **Cost:** $n$ forward and backward passes per image; memory is bounded by `batch_size`, time is
+#   not.
+
+# %% [markdown]
+# ## 8. Your turn
+#
+# Write `my_integrated_gradients(model, x, target, steps)`: IG from a black baseline with the
+# trapezoid rule (points `linspace(0, 1, steps)`, weights $1/(steps-1)$, halved at both ends),
+# shaped like `x`. The checker compares with `helpers.gradients.integrated_gradients` and
+# recognises the usual slips (the wrong weights, the wrong points, forgetting $x - b$).
+
+# %%
+from helpers.exercises import check_integrated_gradients
+
+
+def my_integrated_gradients(model, x, target, steps):
+    total = torch.zeros_like(x)
+    for alpha in torch.linspace(0, 1, steps):
+        point = (alpha * x).requires_grad_(True)
+        (g,) = torch.autograd.grad(model(point)[torch.arange(len(x)), target].sum(), point)
+        total += g / steps  # a first attempt: are these the trapezoid weights?
+    return x * total
+
+
+check_integrated_gradients(my_integrated_gradients)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# def my_integrated_gradients(model, x, target, steps):
+#     total = torch.zeros_like(x)
+#     for k, alpha in enumerate(torch.linspace(0, 1, steps)):
+#         point = (alpha * x).requires_grad_(True)
+#         (g,) = torch.autograd.grad(model(point)[torch.arange(len(x)), target].sum(), point)
+#         w = 1 / (steps - 1) * (0.5 if k in (0, steps - 1) else 1.0)
+#         total += w * g
+#     return x * total
+# ```
+# </details>
+
+# %% [markdown]
+# ## Summary
+#
+# - IG integrates the gradient along the straight path from a baseline to the image; its
+#   attributions add up to $S(x) - S(b)$, up to the quadrature error $\delta$ that you should check.
+# - Ours matches Captum rule by rule. Captum's `riemann_trapezoid` weights sum to $(n-1)/n$, which
+#   accounts exactly for the gap between its trapezoid and other rules.
+# - The baseline changes the question: with black, dark corners get no credit whatever the model
+#   does with them.
+# - On DermNet, a black image is a confident melanoma for both models, so IG from black explains
+#   the wrong question; from a blurred baseline, IG clearly puts the shortcut model's attribution
+#   on the ruler.
+#
+# **Next: 04 · CAM and Grad-CAM.** From pixels to regions: explanations read off the last
+# convolutional layer, and the audit that catches the ruler on a hundred images at once.

@@ -1,0 +1,39 @@
+"""helpers.viz draws without error, with the course's conventions."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from helpers import viz  # noqa: E402
+
+
+def test_overlay_signed_and_magnitude():
+    img = torch.rand(3, 8, 8)
+    signed = torch.randn(3, 8, 8)
+    ax = viz.overlay(img, signed)
+    assert ax.images[-1].get_cmap().name == viz.SIGNED_CMAP
+    lo, hi = ax.images[-1].get_clim()
+    assert lo == -hi  # centred on zero
+    ax = viz.overlay(img, signed.abs().sum(0))
+    assert ax.images[-1].get_cmap().name == viz.MAGNITUDE_CMAP and ax.images[-1].get_clim()[0] == 0
+    plt.close("all")
+
+
+def test_overlay_rejects_mismatched_sizes():
+    with pytest.raises(ValueError, match="resize"):
+        viz.overlay(torch.rand(3, 8, 8), torch.rand(4, 4))
+
+
+def test_grids():
+    imgs = torch.rand(3, 3, 8, 8)
+    fig = viz.image_grid(imgs, titles=["a", "b", "c"], ncols=2)
+    assert len(fig.axes) == 4
+    fig = viz.attribution_grid(imgs, {"m1": torch.randn(3, 3, 8, 8), "m2": torch.rand(3, 1, 8, 8)},
+                               shared_scale=True)
+    assert len(fig.axes) == 9
+    masks = {"lesion": torch.zeros(8, 8, dtype=torch.bool), "ruler": torch.ones(8, 8, dtype=torch.bool)}
+    viz.show_masks(imgs[0], masks)
+    plt.close("all")
