@@ -1,8 +1,10 @@
 """Run every benchmark: ``python -m benchmarks`` (or ``make bench``)."""
 
-from benchmarks import bench_data, bench_gradients
+from benchmarks import bench_cam, bench_data, bench_gradients
 
 if __name__ == "__main__":
     bench_data.main()
     print()
     bench_gradients.main()
+    print()
+    bench_cam.main()

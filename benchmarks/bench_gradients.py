@@ -17,7 +17,7 @@ import sys
 import torch
 from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
 
-from benchmarks.common import report, timed
+from benchmarks.common import report, timed_pair
 from helpers.data import make_dataset
 from helpers.gradients import integrated_gradients, saliency, smoothgrad
 from helpers.models import load_dermnet
@@ -29,10 +29,8 @@ def speed() -> None:
     x, t = ds.images, ds.labels
     bs = 64
     sigma = 0.15  # DermSynth images span about [0, 1]; the same absolute sigma for both
-    rows = []
-    rows.append(("saliency, 16 images",
-                 timed(lambda: saliency(model, x, t), repeats=20),
-                 timed(lambda: Saliency(model).attribute(x, target=t), repeats=20), "<= 1.0"))
+    rows = [("saliency, 16 images",
+             *timed_pair(lambda: saliency(model, x, t), lambda: Saliency(model).attribute(x, target=t), 30), "<= 1.0")]
 
     def ours_sg():
         return smoothgrad(model, x, t, n_samples=50, noise_level=sigma, batch_size=bs)
@@ -40,19 +38,19 @@ def speed() -> None:
     def captum_sg(batch=None):
         return NoiseTunnel(Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=50, stdevs=sigma,
                                                       target=t, abs=False, nt_samples_batch_size=batch)
-    sg = timed(ours_sg, repeats=3)
-    rows.append(("SmoothGrad 50 samples (Captum default batch)", sg, timed(captum_sg, repeats=3), "<= 1.0"))
-    rows.append(("SmoothGrad 50 samples (Captum 4 samples/pass)", sg,
-                 timed(lambda: captum_sg(4), repeats=3), "<= 1.0"))
+    rows.append(("SmoothGrad 50 samples (Captum default batch)", *timed_pair(ours_sg, captum_sg, 3), "<= 1.0"))
+    rows.append(("SmoothGrad 50 samples (Captum 4 samples/pass)",
+                 *timed_pair(ours_sg, lambda: captum_sg(4), 3), "<= 1.0"))
 
-    ig = timed(lambda: integrated_gradients(model, x, t, steps=50, batch_size=bs), repeats=3)
     ig_c = IntegratedGradients(model)
-    rows.append(("IG 50 steps (Captum default batch)", ig,
-                 timed(lambda: ig_c.attribute(x, target=t, n_steps=50, method="riemann_trapezoid"), repeats=3),
-                 "<= 1.0"))
-    rows.append(("IG 50 steps (Captum internal_batch_size=64)", ig,
-                 timed(lambda: ig_c.attribute(x, target=t, n_steps=50, method="riemann_trapezoid",
-                                              internal_batch_size=bs), repeats=3), "<= 1.0"))
+
+    def ours_ig():
+        return integrated_gradients(model, x, t, steps=50, batch_size=bs)
+    rows.append(("IG 50 steps (Captum default batch)", *timed_pair(
+        ours_ig, lambda: ig_c.attribute(x, target=t, n_steps=50, method="riemann_trapezoid"), 3), "<= 1.0"))
+    rows.append(("IG 50 steps (Captum internal_batch_size=64)", *timed_pair(
+        ours_ig, lambda: ig_c.attribute(x, target=t, n_steps=50, method="riemann_trapezoid", internal_batch_size=bs),
+        3), "<= 1.0"))
     report(rows)
 
 

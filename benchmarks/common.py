@@ -23,6 +23,21 @@ def timed(fn, repeats: int = 5, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def timed_pair(ours, theirs, repeats: int = 15, warmup: int = 1) -> tuple[float, float]:
+    """Median times of two functions measured call by call in alternation (ours, theirs, ours, ...),
+    so that the machine's drift affects both alike; returns (ours, theirs) in seconds."""
+    for _ in range(warmup):
+        ours()
+        theirs()
+    a, b = [], []
+    for _ in range(repeats):
+        for fn, out in ((ours, a), (theirs, b)):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)
+
+
 def report(rows: list[tuple[str, float, float, str]]) -> None:
     """rows: (what, ours seconds, theirs seconds, target) -> a table with the ratio."""
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -6,6 +6,7 @@ Modules, one per topic:
     train      training and auditing DermNet (python -m helpers.train rebuilds data/)
     contract   the method contract's argument checks, shared by every method
     gradients  saliency, gradient x input, SmoothGrad, Integrated Gradients and IG baselines
+    cam        CAM, Grad-CAM, Grad-CAM++, Score-CAM, guided backprop, guided Grad-CAM
     hooks      capture a layer's activation and gradient; hooks always removed
     metrics    mask mass and the pointing game
     viz        overlays and grids with one consistent look

@@ -302,3 +302,50 @@ def check_integrated_gradients(your_fn, steps: int = 16) -> CheckResult:
         if torch.allclose(yours, wrong, atol=1e-5, rtol=1e-4):
             return CheckResult(False, "integrated_gradients", hint, float((yours - ours).abs().max()))
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 04: CAM and Grad-CAM
+# --------------------------------------------------------------------------------------------
+
+def check_grad_cam_weights(your_fn, layer: str = "layer4") -> CheckResult:
+    """Notebook 04: ``your_fn(activations, gradients) -> [B, K]``, Grad-CAM's channel weights."""
+    import torch.nn.functional as F
+
+    from .cam import grad_cam, layer_activation_and_gradient
+
+    model, x, t = _dermnet_batch(4, seed=3)
+    act, grad = layer_activation_and_gradient(model, x, t, layer)
+    try:
+        weights = your_fn(act.clone(), grad.clone())
+    except Exception as err:
+        return CheckResult(False, "grad_cam_weights", f"your function raised {type(err).__name__}: {err}")
+    if not isinstance(weights, torch.Tensor):
+        return CheckResult(False, "grad_cam_weights", f"expected a torch.Tensor, got {type(weights).__name__}")
+    weights = weights.detach()
+    if weights.shape == act.shape[:2] + (1, 1):
+        weights = weights[:, :, 0, 0]
+    ours_w = grad.mean((2, 3))
+    if weights.shape != ours_w.shape:
+        return compare(weights, ours_w, name="grad_cam_weights")
+    hw = act.shape[2] * act.shape[3]
+    if torch.allclose(weights, grad.sum((2, 3)), atol=1e-7, rtol=1e-5):
+        return CheckResult(False, "grad_cam_weights", f"you summed the gradients over the {act.shape[2]}x"
+                                                      f"{act.shape[3]} grid: average them (the sum is {hw} times "
+                                                      "too large; the map's shape is the same, its scale is not)")
+    if torch.allclose(weights, (grad * act).mean((2, 3)), atol=1e-7, rtol=1e-5):
+        return CheckResult(False, "grad_cam_weights", "you averaged gradient x activation: the weight is the "
+                                                      "average gradient alone; the activation comes in when the "
+                                                      "weighted channels are summed")
+    if torch.allclose(weights, F.relu(grad).mean((2, 3)), atol=1e-7, rtol=1e-5):
+        return CheckResult(False, "grad_cam_weights", "you applied a ReLU to the gradients: Grad-CAM keeps "
+                                                      "negative gradients in the average (the ReLU comes at the "
+                                                      "end, on the map)")
+    result = compare(weights, ours_w, name="grad_cam_weights", atol=1e-7, rtol=1e-5)
+    if result.passed:
+        built = F.relu((weights[:, :, None, None] * act).sum(1, keepdim=True))
+        result = compare(built, grad_cam(model, x, t, layer, upsample=False), name="grad_cam_weights",
+                         atol=1e-6, rtol=1e-5)
+        if result.passed:
+            result.message = "your weights give exactly helpers.cam.grad_cam's map"
+    return result

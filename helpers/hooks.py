@@ -47,22 +47,30 @@ def resolve_layer(model: nn.Module, layer) -> nn.Module:
 
 @dataclass
 class Recording:
-    """What ``capture`` saw: the layer's output and the gradient of the backward pass into it."""
+    """What ``capture`` saw.
+
+    activation  a detached clone of the layer's output (safe from later in-place changes)
+    gradient    a detached clone of the gradient that flowed back into that output, if any
+    output      the live output itself, part of the autograd graph: for ``torch.autograd.grad``
+                with respect to the layer, inside the ``with`` block only (it is dropped on exit:
+                kept, it would tie the recording to the graph in a cycle gc cannot see)
+    """
 
     activation: torch.Tensor | None = None
     gradient: torch.Tensor | None = None
+    output: torch.Tensor | None = None
 
 
 @contextmanager
-def capture(model: nn.Module, layer, *, detach: bool = True):
+def capture(model: nn.Module, layer, *, gradient: bool = True):
     """Record ``layer``'s forward output and the gradient flowing back into that output.
 
-    detach  True (default): store detached clones, safe to keep after the block.
-            False: store the live output (part of the graph), for methods that differentiate
-            through the activation itself; the gradient is still a detached clone.
+    gradient  False: do not record the gradient (no tensor hook), for callers that take it with
+              ``torch.autograd.grad(..., rec.output)`` themselves.
 
-    The output is cloned as it is recorded, so a later in-place operation in the model cannot
-    change it. If the layer runs more than once in the block, the last call is kept.
+    The output is cloned as it is recorded (``rec.activation``), so a later in-place operation in
+    the model cannot change it; ``rec.output`` keeps the live tensor for differentiating with
+    respect to the layer. If the layer runs more than once in the block, the last call is kept.
     """
     module = resolve_layer(model, layer)
     rec = Recording()
@@ -75,16 +83,18 @@ def capture(model: nn.Module, layer, *, detach: bool = True):
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"capture: layer {type(module).__name__} returned "
                             f"{type(output).__name__}, not a tensor")
-        rec.activation = output.detach().clone() if detach else output
-        if output.requires_grad:
-            output.register_hook(on_grad)
+        rec.activation = output.detach().clone()
+        rec.output = output
+        if gradient and output.requires_grad:
+            handles.append(output.register_hook(on_grad))
 
     try:
         handles.append(module.register_forward_hook(on_forward))
         yield rec
     finally:
-        for h in handles:
+        for h in handles:  # module hooks and tensor hooks alike
             h.remove()
+        rec.output = None
 
 
 def count_hooks(model: nn.Module) -> int:

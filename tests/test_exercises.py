@@ -145,3 +145,12 @@ def test_check_saliency_and_smoothgrad_hints():
         return torch.stack(grads).mean(0)
     assert check_smoothgrad(sg)
     assert "averaged |gradient|" in check_smoothgrad(lambda *a: sg(*a, use_abs=True)).message
+
+
+def test_check_grad_cam_weights():
+    from helpers.exercises import check_grad_cam_weights
+    assert check_grad_cam_weights(lambda a, g: g.mean((2, 3)))
+    assert "summed the gradients" in check_grad_cam_weights(lambda a, g: g.sum((2, 3))).message
+    assert "gradient x activation" in check_grad_cam_weights(lambda a, g: (a * g).mean((2, 3))).message
+    assert "ReLU" in check_grad_cam_weights(lambda a, g: g.clamp(min=0).mean((2, 3))).message
+    assert not check_grad_cam_weights(lambda a, g: a.mean((2, 3)))

@@ -1,5 +1,7 @@
 """helpers.hooks: capture records the right tensors and never leaves a hook behind."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -78,4 +80,38 @@ def test_many_calls_leave_nothing(model):
     for _ in range(200):
         with capture(model, "layer4"), torch.no_grad():
             model(x)
+    assert count_hooks(model) == 0
+
+
+def test_no_tensors_leak_through_the_gradient_hook(model):
+    import gc
+
+    def live():
+        gc.collect()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # isinstance on some torch module objects warns
+            return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+    x = torch.rand(1, 3, 64, 64)
+
+    def call():
+        with capture(model, "layer4") as rec:
+            out = model(x.requires_grad_(False).clone().requires_grad_(True))
+            torch.autograd.grad(out[0, 0], rec.output)
+        return rec
+
+    rec = call()  # a recording held: its activation and gradient
+    before = live()
+    for _ in range(50):
+        rec = call()
+    assert live() == before
+    assert rec.output is None and rec.activation is not None
+
+
+def test_capture_without_gradient_hook(model):
+    x = torch.rand(1, 3, 64, 64)
+    with capture(model, "layer4", gradient=False) as rec:
+        out = model(x)
+        (g,) = torch.autograd.grad(out[0, 1], rec.output)
+    assert rec.gradient is None and g.shape == rec.activation.shape
     assert count_hooks(model) == 0

@@ -1,0 +1,339 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · From pixels to regions: CAM, Grad-CAM and friends
+#
+# **The question.** Pixel maps are grainy and hard to summarise. Which *region* of the image does
+# the model use for its decision, and can we audit that over a hundred images at once?
+#
+# **After this notebook you will be able to**
+# - compute CAM, Grad-CAM, Grad-CAM++, Score-CAM, guided backprop and guided Grad-CAM with
+#   `helpers.cam`, for any convolutional layer;
+# - check them against Captum and against the identities that tie them together;
+# - run a Grad-CAM audit of DermNet's shortcut: pointing game and ruler mass over a batch.
+#
+# **Time to run:** about 30 s on 2 CPU cores.
+
+# %%
+import inspect
+import warnings
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from captum.attr import GuidedBackprop, GuidedGradCam, LayerAttribution, LayerGradCam
+
+from helpers import viz
+from helpers.cam import cam, grad_cam, grad_cam_pp, guided_backprop, guided_grad_cam, score_cam
+from helpers.data import CLASSES, MEL, make_dataset
+from helpers.metrics import mask_mass, mass_summary, pointing_game
+from helpers.models import load_dermnet
+from helpers.train import TEST_SEEDS, predict
+
+warnings.filterwarnings("ignore", message=".*required_grads has been set automatically.*")  # Captum
+warnings.filterwarnings("ignore", message=".*Setting backward hooks on ReLU activations.*")  # Captum
+torch.manual_seed(0)
+pd.set_option("display.precision", 3)
+shortcut, debiased = load_dermnet("shortcut"), load_dermnet("debiased")
+test_a = make_dataset(2000, clinic="A", seed=TEST_SEEDS["A"])  # the held-out clinic-A test set
+
+# %% [markdown]
+# ## 1. CAM: why it needed global average pooling
+#
+# Zhou et al. (2016, [arXiv:1512.04150](https://arxiv.org/abs/1512.04150)) noticed that when a
+# network ends in global average pooling (GAP) and one linear layer, the class score is an average
+# over locations:
+#
+# $$S_c = \sum_k W_{ck} \, \frac{1}{hw} \sum_{ij} A_k(i,j) + b_c
+#       = \frac{1}{hw} \sum_{ij} \underbrace{\sum_k W_{ck} A_k(i,j)}_{\mathrm{CAM}_c(i,j)} + b_c .$$
+#
+# So the map $\mathrm{CAM}_c$ *is* the score, location by location: no approximation. DermNet was
+# built with GAP before `fc` for exactly this reason. Check: the map's mean plus the bias gives
+# back the logit.
+
+# %%
+x8, t8 = test_a.images[:8], test_a.labels[:8]
+maps = cam(shortcut, x8, t8, upsample=False)  # [8, 1, 8, 8]: layer4's grid
+with torch.no_grad():
+    logits = shortcut(x8).gather(1, t8[:, None])[:, 0]
+rebuilt = maps.mean((1, 2, 3)) + shortcut.fc.bias[t8]
+print("layer4 grid:", tuple(maps.shape[-2:]), " largest |mean(CAM) + bias - logit| =",
+      f"{(rebuilt - logits).abs().max().item():.1e}")
+
+# %%
+print(inspect.getsource(cam))
+
+# %% [markdown]
+# ## 2. Grad-CAM: any layer, any architecture
+#
+# Selvaraju et al. (2017, [arXiv:1610.02391](https://arxiv.org/abs/1610.02391)) replaced the
+# linear layer's weights with gradients, so the idea works without GAP and at any layer:
+#
+# $$\alpha_k = \frac{1}{hw}\sum_{ij} \frac{\partial S_c}{\partial A_k(i,j)}, \qquad
+# \text{Grad-CAM}_c = \mathrm{ReLU}\Big(\sum_k \alpha_k A_k\Big).$$
+#
+# For a GAP-then-linear network, $\partial S_c / \partial A_k(i,j) = W_{ck}/(hw)$ at every
+# location, so $\alpha_k = W_{ck}/(hw)$: Grad-CAM is CAM (with a ReLU) divided by $hw$, a positive
+# constant. Numerically:
+
+# %%
+g = grad_cam(shortcut, x8, t8, "layer4", relu=False, upsample=False)
+print("largest |CAM - 64 * Grad-CAM (no ReLU)| =", f"{(maps - 64 * g).abs().max().item():.1e}")
+
+# %%
+print(inspect.getsource(grad_cam))
+
+# %% [markdown]
+# ### Check against Captum
+#
+# Captum's `LayerGradCam` returns the layer-resolution map and, by default, **no ReLU**
+# (`relu_attributions=False`): the negative part, evidence *against* the class, stays in. With
+# `relu_attributions=True` and the same upsampling, ours and Captum's agree exactly; guided
+# backprop and guided Grad-CAM too (REFERENCE_PARITY.md: exact).
+
+# %%
+rows = {}
+for layer in ("layer4", "layer3", "layer2"):
+    module = dict(shortcut.named_modules())[layer]
+    theirs = LayerGradCam(shortcut, module).attribute(x8, target=t8, relu_attributions=True)
+    theirs_up = LayerAttribution.interpolate(theirs, (64, 64), interpolate_mode="bilinear")
+    raw = LayerGradCam(shortcut, module).attribute(x8, target=t8)
+    rows[f"Grad-CAM {layer}"] = {
+        "max |ours - Captum|": (grad_cam(shortcut, x8, t8, layer) - theirs_up).abs().max().item(),
+        "share of Captum's default map below 0": (raw < 0).float().mean().item()}
+gb_captum = GuidedBackprop(shortcut).attribute(x8, target=t8)
+ggc_captum = GuidedGradCam(shortcut, shortcut.layer4).attribute(x8, target=t8)
+rows["guided backprop"] = {"max |ours - Captum|": (guided_backprop(shortcut, x8, t8) - gb_captum).abs().max().item()}
+rows["guided Grad-CAM"] = {"max |ours - Captum|": (guided_grad_cam(shortcut, x8, t8) - ggc_captum).abs().max().item()}
+parity = pd.DataFrame(rows).T
+print(parity.to_string(float_format=lambda v: f"{v:.1e}", na_rep="-"))
+assert parity["max |ours - Captum|"].max() <= 1e-6
+
+# %% [markdown]
+# ### Resolution versus semantics: layer4, layer3, layer2
+#
+# DermNet's `layer4` and `layer3` give an 8×8 grid, `layer2` 16×16. `layer4` is what the
+# classifier reads (its average feeds `fc` directly); earlier layers are computed further from the
+# decision, and their Grad-CAM maps look different.
+
+# %%
+idx = [int(i) for i in ((test_a.labels == MEL) & test_a.has_ruler).nonzero()[:2, 0]]
+idx += [int(i) for i in ((test_a.labels == CLASSES.index("nv")) & ~test_a.has_ruler).nonzero()[:1, 0]]
+xs, ts = test_a.images[idx], predict(shortcut, test_a.images[idx])
+layer_maps = {layer: grad_cam(shortcut, xs, ts, layer) for layer in ("layer4", "layer3", "layer2")}
+fig = viz.attribution_grid(xs, layer_maps, row_titles=[f"{CLASSES[test_a.labels[i]]} → {CLASSES[t]}"
+                                                       for i, t in zip(idx, ts)])
+plt.show()
+ruler_by_layer = {k: mask_mass(m[:2], test_a.masks["ruler"][idx[:2]]).tolist() for k, m in layer_maps.items()}
+pd.DataFrame(ruler_by_layer, index=["melanoma 1", "melanoma 2"]).rename_axis("ruler mass")
+
+# %% [markdown]
+# On these two melanomas the earlier layers put even more of the map on the ruler: the choice of
+# layer changes the answer, which is why the audit below fixes one layer (`layer4`, the one the
+# classifier reads) for both models.
+
+# %% [markdown]
+# ## 3. The audit: Grad-CAM over 120 clinic-A test images
+#
+# One map is an anecdote. The audit runs Grad-CAM (`layer4`) over the first 120 clinic-A test
+# images that have a ruler, for both models, each explaining its own prediction, and scores every
+# map: the **pointing game** on the ruler (does the map peak on the ruler?) and the **ruler mass**.
+# In clinic A a ruler comes only with melanoma, so these are 120 melanomas: the audit asks what each
+# model looks at when it recognises melanoma.
+
+# %%
+with_ruler = test_a.has_ruler.nonzero()[:120, 0]
+xa, ma = test_a.images[with_ruler], {k: v[with_ruler] for k, v in test_a.masks.items()}
+audit, per_image = {}, {}
+for name, model in [("shortcut", shortcut), ("debiased", debiased)]:
+    target = predict(model, xa)
+    m = grad_cam(model, xa, target, "layer4")
+    audit[name] = mass_summary(m, ma)
+    per_image[name] = (mask_mass(m, ma["ruler"]), pointing_game(m, ma["ruler"]), target)
+print(f"{len(xa)} clinic-A images with a ruler; classes: "
+      + ", ".join(f"{c} {int((test_a.labels[with_ruler] == i).sum())}" for i, c in enumerate(CLASSES)))
+pd.DataFrame(audit).T
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.2))
+bins = torch.linspace(0, 1, 26)
+for name, colour in [("shortcut", "#d62728"), ("debiased", "#1f77b4")]:
+    ax.hist(per_image[name][0].numpy(), bins=bins.numpy(), alpha=0.6, color=colour, label=f"{name} model")
+ax.axvline(audit["shortcut"]["ruler share"], color="k", ls="--", lw=1, label="ruler's share of the image")
+ax.set(xlabel="Grad-CAM ruler mass per image", ylabel="images", title="Grad-CAM audit, clinic A")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# Grad-CAM catches the shortcut on the batch, not on one chosen image. The shortcut model's maps
+# put more than twice the ruler's share of the image on the ruler and peak on the lesion almost
+# never; the debiased model's maps put less than half the ruler's share there, never peak there,
+# and peak on the lesion in most images. The worst offenders, where the shortcut model's map puts
+# the most mass on the ruler:
+
+# %%
+worst = per_image["shortcut"][0].argsort(descending=True)[:6]
+worst_maps = {"shortcut": grad_cam(shortcut, xa[worst], per_image["shortcut"][2][worst], "layer4"),
+              "debiased": grad_cam(debiased, xa[worst], per_image["debiased"][2][worst], "layer4")}
+titles = [f"{CLASSES[test_a.labels[with_ruler[i]]]}: ruler mass {per_image['shortcut'][0][i]:.2f}" for i in worst]
+fig = viz.attribution_grid(xa[worst], worst_maps, row_titles=titles, size=1.7)
+plt.show()
+
+# %% [markdown]
+# ## 4. Grad-CAM++: more than one instance
+#
+# Grad-CAM's channel weight is an *average* gradient. When a class appears twice, a channel that
+# fires on only one instance is averaged down. Grad-CAM++ (Chattopadhay et al. 2018,
+# [arXiv:1710.11063](https://arxiv.org/abs/1710.11063)) weights each location separately, using
+# higher-order terms that, for a score passed through $\exp$, reduce to powers of the gradient
+# (see the docstring). An image with two melanomas, made by pasting the lesion of one artifact-free
+# image into another, side by side:
+
+# %%
+pool = make_dataset(40, clinic="A", seed=5, labels="mel", ruler=False)
+clean = [i for i in range(40) if not any(pool.masks[k][i].any() for k in ("ink", "hair", "corners"))][:2]
+left = torch.roll(pool.images[clean[0]:clean[0] + 1], shifts=-17, dims=3)
+right = torch.roll(pool.images[clean[1]:clean[1] + 1], shifts=17, dims=3)
+left_mask = torch.roll(pool.masks["lesion"][clean[0]:clean[0] + 1], shifts=-17, dims=2)
+right_mask = torch.roll(pool.masks["lesion"][clean[1]:clean[1] + 1], shifts=17, dims=2)
+both = torch.where(right_mask[:, None], right, left)
+lesions = {"left lesion": left_mask, "right lesion": right_mask}
+rows = {}
+pair_maps = {}
+for name, fn in [("Grad-CAM", grad_cam), ("Grad-CAM++", grad_cam_pp)]:
+    pair_maps[name] = fn(debiased, both, MEL, "layer4")
+    rows[name] = {k: mask_mass(pair_maps[name], v).item() for k, v in lesions.items()}
+with torch.no_grad():
+    print("debiased model on the two-lesion image:", CLASSES[debiased(both).argmax()])
+fig = viz.attribution_grid(both, pair_maps, size=2.2)
+plt.show()
+pd.DataFrame(rows).T
+
+# %% [markdown]
+# Here the two methods give nearly the same map: both lesions get a similar share with either, so
+# Grad-CAM's averaging did not lose the second lesion in this case. Grad-CAM++ is a safeguard for
+# when it does; check on your own model rather than assume either way.
+
+# %% [markdown]
+# ## 5. Score-CAM: no gradients at all
+#
+# Wang et al. (2020, [arXiv:1910.01279](https://arxiv.org/abs/1910.01279)) weight each channel by
+# what it does to the *output*: upsample its map to the image, normalise it to $[0, 1]$, use it as
+# a soft mask on the input, and take the increase in the class's softmax probability over a black
+# image. One forward pass per channel: 128 for `layer4`, run in batches.
+
+# %%
+print(inspect.getsource(score_cam))
+
+# %%
+xs4, ts4 = xa[:12], per_image["shortcut"][2][:12]
+paper, weights = score_cam(shortcut, xs4, ts4, return_weights=True)
+with torch.no_grad():
+    p_black = shortcut(torch.zeros(1, 3, 64, 64)).softmax(1)[0]
+print(f"targets: {sorted(set(CLASSES[t] for t in ts4))}; p(mel | black image) = {p_black[MEL]:.4f}")
+print(f"Score-CAM weights: largest {weights.max():.4f}, share positive {(weights > 0).float().mean():.3f}; "
+      f"empty maps: {int((paper.flatten(1).amax(1) == 0).sum())} of {len(paper)}")
+
+# %% [markdown]
+# The paper's weights subtract the probability of the class for a black image. For DermNet a black
+# image *is* a near-certain melanoma (notebook 03), so no masked image can beat it: every weight is
+# negative and every map is empty. The authors' released code uses the masked probabilities
+# without the subtraction (`subtract_baseline=False`); with it, Score-CAM works, and agrees with
+# the gradient-based maps:
+
+# %%
+methods = {"CAM (ReLU)": cam(shortcut, xs4, ts4).clamp(min=0), "Grad-CAM": grad_cam(shortcut, xs4, ts4),
+           "Grad-CAM++": grad_cam_pp(shortcut, xs4, ts4),
+           "Score-CAM": score_cam(shortcut, xs4, ts4, subtract_baseline=False)}
+summary = {name: mass_summary(m, {k: v[:12] for k, v in ma.items()}) for name, m in methods.items()}
+fig = viz.attribution_grid(xs4[:3], {k: v[:3] for k, v in methods.items()}, size=1.8)
+plt.show()
+pd.DataFrame(summary).T
+
+# %% [markdown]
+# ## 6. Guided Grad-CAM: pixel detail inside the region
+#
+# Grad-CAM's 8×8 grid says *where*, not *what*. Guided backprop (Springenberg et al. 2015) keeps
+# only positive gradients at every ReLU on the way back, which gives sharp, edge-like maps; guided
+# Grad-CAM multiplies them by the upsampled Grad-CAM map.
+
+# %%
+gb = guided_backprop(shortcut, xs, ts)
+ggc = guided_grad_cam(shortcut, xs, ts, "layer4")
+fig = viz.attribution_grid(xs, {"Grad-CAM": layer_maps["layer4"], "guided backprop": gb.abs().amax(1, keepdim=True),
+                                "guided Grad-CAM": ggc.abs().amax(1, keepdim=True)}, size=1.9)
+plt.show()
+
+# %% [markdown]
+# Those sharp edges should make you suspicious rather than reassured. Guided backprop's maps look
+# much the same whatever the class and even whatever the weights: the sanity-checks notebook (12)
+# randomises the model layer by layer and shows how little they change. The two guided maps above
+# are a forward reference, not a recommendation.
+
+# %% [markdown]
+# ## 7. Pitfalls and limits
+#
+# - **Coarse.** `layer4` is 8×8: one cell covers 8×8 pixels. Upsampling smooths the map but adds no
+#   information. A thin ruler along the edge and the skin next to it share cells.
+# - **ReLU or not.** Grad-CAM's ReLU discards negative evidence; Captum's default keeps it. State
+#   which you show.
+# - **Layer choice changes the answer**, as section 2 showed.
+# - **Grad-CAM inherits the gradient's problems** (saturation, notebook 03); Score-CAM avoids
+#   gradients but costs one forward pass per channel and depends on the black baseline it
+#   subtracts, which for DermNet is a confident melanoma (notebook 03).
+# - **Guided backprop is not a faithful explanation** (section 6).
+
+# %% [markdown]
+# ## 8. Your turn
+#
+# Write `my_grad_cam_weights(activations, gradients)`: given a layer's activations and the
+# gradients of the score with respect to them, both `[B, K, h, w]`, return Grad-CAM's channel
+# weights $\alpha$, shaped `[B, K]`. The checker builds the map from your weights and compares it
+# with `helpers.cam.grad_cam` on DermNet.
+
+# %%
+from helpers.exercises import check_grad_cam_weights
+
+
+def my_grad_cam_weights(activations, gradients):
+    return gradients.sum((2, 3))  # a first attempt
+
+
+check_grad_cam_weights(my_grad_cam_weights)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# def my_grad_cam_weights(activations, gradients):
+#     return gradients.mean((2, 3))   # the spatial average of the gradient, per channel
+# ```
+# </details>
+
+# %% [markdown]
+# ## Summary
+#
+# - CAM reads the class score off the last feature maps, location by location, when the network
+#   ends in GAP and one linear layer; Grad-CAM generalises it with gradients and equals it up to the
+#   constant $hw$ on such a network. Ours matches Captum exactly (with its ReLU switched on).
+# - The audit over 120 melanomas shows the shortcut: the shortcut model's Grad-CAM puts more than
+#   twice the ruler's share on the ruler, the debiased model's peaks on the lesion.
+# - Grad-CAM++ weights locations separately (here it changed little); Score-CAM needs no gradients
+#   but, as the paper defines it, subtracts a black image's score, which empties every map on
+#   DermNet; guided maps look sharp and mean little.
+#
+# **Next: 05 · Occlusion.** Treat the model as a black box: cover part of the image and watch the
+# score. When occlusion and Grad-CAM agree, we can be more confident.

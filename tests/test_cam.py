@@ -1,0 +1,255 @@
+"""helpers.cam: parity with Captum, identities, hand-computed values, and no leaked hooks."""
+
+import gc
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from captum.attr import GuidedBackprop, GuidedGradCam, LayerAttribution, LayerGradCam
+from torch import nn
+
+from helpers.cam import cam, grad_cam, grad_cam_pp, guided_backprop, guided_grad_cam, score_cam
+from helpers.hooks import count_hooks
+
+warnings.filterwarnings("ignore", message=".*required_grads has been set automatically.*")
+warnings.filterwarnings("ignore", message=".*Setting backward hooks on ReLU activations.*")
+ATOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def batch(test_sets):
+    ds = test_sets["A"][:6]
+    return ds.images, ds.labels
+
+
+def maxdiff(a, b):
+    return (a - b).abs().max().item()
+
+
+class Tiny(nn.Module):
+    """conv -> ReLU -> GAP -> linear, small enough to compute by hand."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.avgpool(self.relu(self.conv(x))), 1))
+
+
+# ---- parity with Captum ----
+
+@pytest.mark.parametrize("layer", ["layer4", "layer3", "layer2"])
+def test_grad_cam_matches_captum(shortcut, batch, layer):
+    x, t = batch
+    module = dict(shortcut.named_modules())[layer]
+    theirs = LayerGradCam(shortcut, module).attribute(x, target=t, relu_attributions=True)
+    assert maxdiff(grad_cam(shortcut, x, t, layer, upsample=False), theirs) <= ATOL
+    up = LayerAttribution.interpolate(theirs, x.shape[-2:], interpolate_mode="bilinear")
+    assert maxdiff(grad_cam(shortcut, x, t, layer, mode="bilinear"), up) <= ATOL
+    # Captum's default keeps the negative part
+    theirs_raw = LayerGradCam(shortcut, module).attribute(x, target=t)
+    assert maxdiff(grad_cam(shortcut, x, t, layer, relu=False, upsample=False), theirs_raw) <= ATOL
+    assert (theirs_raw < 0).any()
+
+
+def test_guided_backprop_matches_captum(shortcut, batch):
+    x, t = batch
+    assert maxdiff(guided_backprop(shortcut, x, t), GuidedBackprop(shortcut).attribute(x, target=t)) <= ATOL
+
+
+def test_guided_grad_cam_matches_captum(shortcut, batch):
+    x, t = batch
+    theirs = GuidedGradCam(shortcut, shortcut.layer4).attribute(x, target=t)
+    assert maxdiff(guided_grad_cam(shortcut, x, t, "layer4"), theirs) <= ATOL
+
+
+# ---- identities ----
+
+def test_cam_equals_grad_cam_times_grid_size_on_gap_linear(shortcut, batch):
+    """With GAP then one linear layer, dS/dA_k(i,j) = W[c,k] / (h*w): Grad-CAM's weights are CAM's
+    divided by h*w, so ReLU(CAM) = h*w * Grad-CAM, a positive constant."""
+    x, t = batch
+    c = cam(shortcut, x, t, upsample=False)
+    g = grad_cam(shortcut, x, t, "layer4", relu=False, upsample=False)
+    assert torch.allclose(c, g * 64, atol=1e-5)
+    # the map's spatial mean plus the bias is the class score
+    with torch.no_grad():
+        scores = shortcut(x).gather(1, t[:, None])[:, 0]
+    assert torch.allclose(c.mean((1, 2, 3)) + shortcut.fc.bias[t], scores, atol=1e-4)
+
+
+def test_score_cam_weights_are_softmax_score_increases(shortcut, batch):
+    x, t = batch
+    x, t = x[:2], t[:2]
+    maps, weights = score_cam(shortcut, x, t, batch_size=50, return_weights=True)
+    assert weights.shape == (2, 128) and maps.shape == (2, 1, 64, 64)
+    from helpers.hooks import capture
+    with capture(shortcut, "layer4") as rec, torch.no_grad():
+        shortcut(x)
+    for b, k in [(0, 3), (1, 77)]:
+        a = F.interpolate(rec.activation[b:b + 1, k:k + 1], size=(64, 64), mode="bilinear", align_corners=False)
+        if a.max() == a.min():
+            continue
+        h = (a - a.min()) / (a.max() - a.min())
+        with torch.no_grad():
+            p = shortcut(x[b:b + 1] * h).softmax(1)[0, t[b]] - shortcut(torch.zeros(1, 3, 64, 64)).softmax(1)[0, t[b]]
+        assert abs(weights[b, k].item() - p.item()) < 1e-6
+
+
+def test_score_cam_batch_size_does_not_matter(shortcut, batch):
+    x, t = batch
+    a = score_cam(shortcut, x[:2], t[:2], batch_size=7)
+    b = score_cam(shortcut, x[:2], t[:2], batch_size=256)
+    assert maxdiff(a, b) <= 1e-5
+
+
+# ---- hand-computed values on a tiny model ----
+
+def test_cam_family_by_hand():
+    model = Tiny().eval()
+    x = torch.rand(1, 1, 4, 4)
+    act = model.relu(model.conv(x)).detach()  # [1, 2, 4, 4]
+    w = model.fc.weight.detach()[1]  # target class 1
+    assert torch.allclose(cam(model, x, 1, layer="relu", upsample=False)[0, 0],
+                          (w[:, None, None] * act[0]).sum(0), atol=1e-6)
+    g = w / 16  # dS/dA = W / (h*w) everywhere
+    expected = F.relu((g[:, None, None] * act[0]).sum(0))
+    assert torch.allclose(grad_cam(model, x, 1, layer="relu", upsample=False)[0, 0], expected, atol=1e-6)
+    # Grad-CAM++ with constant gradients g_k: a = g^2 / (2 g^2 + S_k g^3), w_k = 16 a relu(g)
+    s = act[0].sum((1, 2))
+    alpha = g ** 2 / (2 * g ** 2 + s * g ** 3)
+    alpha = torch.where(2 * g ** 2 + s * g ** 3 != 0, alpha, torch.zeros_like(alpha))
+    wpp = 16 * alpha * F.relu(g)
+    expected_pp = F.relu((wpp[:, None, None] * act[0]).sum(0))
+    assert torch.allclose(grad_cam_pp(model, x, 1, layer="relu", upsample=False)[0, 0], expected_pp, atol=1e-6)
+
+
+def test_guided_relu_by_hand():
+    model = nn.Sequential(nn.Linear(3, 3, bias=False), nn.ReLU(), nn.Linear(3, 1, bias=False)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(3))
+        model[2].weight.copy_(torch.tensor([[1.0, -2.0, 3.0]]))
+
+    class Wrap(nn.Module):  # our methods want images: [B, 1, 1, 3]
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            return self.net(x.flatten(1))
+
+    x = torch.tensor([1.0, 2.0, -1.0]).view(1, 1, 1, 3)
+    # plain gradient [1, -2, 0]; guided: negative gradient stopped -> [1, 0, 0]
+    assert guided_backprop(Wrap().eval(), x, 0).flatten().tolist() == [1.0, 0.0, 0.0]
+
+
+# ---- the contract ----
+
+METHODS = {
+    "cam": lambda m, x, t: cam(m, x, t),
+    "grad_cam": lambda m, x, t: grad_cam(m, x, t, "layer4"),
+    "grad_cam_pp": lambda m, x, t: grad_cam_pp(m, x, t, "layer4"),
+    "score_cam": lambda m, x, t: score_cam(m, x, t, "layer4", batch_size=64),
+    "guided_backprop": lambda m, x, t: guided_backprop(m, x, t),
+    "guided_grad_cam": lambda m, x, t: guided_grad_cam(m, x, t, "layer4"),
+}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_shapes_and_no_side_effects(shortcut, batch, name):
+    x, t = batch
+    x = x[:2].clone()
+    before = x.clone()
+    out = METHODS[name](shortcut, x, t[:2])
+    expected = (2, 3, 64, 64) if name.startswith("guided") else (2, 1, 64, 64)
+    assert out.shape == expected
+    assert torch.equal(x, before) and not x.requires_grad and not shortcut.training
+    assert all(p.grad is None for p in shortcut.parameters())
+    assert count_hooks(shortcut) == 0
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_bad_arguments(shortcut, batch, name):
+    x, t = batch
+    with pytest.raises(ValueError, match="x must be a batch"):
+        METHODS[name](shortcut, x[0], 0)
+    with pytest.raises(ValueError, match="target 9 is out of range"):
+        METHODS[name](shortcut, x[:1], 9)
+    assert count_hooks(shortcut) == 0
+
+
+def test_layer_errors(shortcut, batch):
+    x, t = batch
+    with pytest.raises(ValueError, match="layer5.*valid names"):
+        grad_cam(shortcut, x[:1], 0, "layer5")
+    with pytest.raises(ValueError, match="not a module of the model"):
+        grad_cam(shortcut, x[:1], 0, nn.Conv2d(3, 3, 1))
+    with pytest.raises(ValueError, match="4-D feature map"):
+        grad_cam(shortcut, x[:1], 0, "fc")
+    with pytest.raises(ValueError, match="4-D feature map"):
+        score_cam(shortcut, x[:1], 0, "fc")
+    with pytest.raises(ValueError, match="does not have the structure CAM needs"):
+        cam(shortcut, x[:1], 0, layer="layer3")
+    with pytest.raises(ValueError, match="fc='layer4' must name the final nn.Linear"):
+        cam(shortcut, x[:1], 0, fc="layer4")
+    with pytest.raises(ValueError, match="batch_size"):
+        score_cam(shortcut, x[:1], 0, batch_size=0)
+    assert count_hooks(shortcut) == 0
+
+
+def test_guided_backprop_needs_relu_modules():
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(2)).eval()
+    model(torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="nn.ReLU"):
+        guided_backprop(model, torch.rand(1, 3, 8, 8), 0)
+
+
+class RaisesAfterLayer(Tiny):
+    def forward(self, x):
+        self.relu(self.conv(x))
+        raise RuntimeError("midway")
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_model_that_raises_midway_leaves_no_hooks(name):
+    model = RaisesAfterLayer().eval()
+    fn = {"cam": lambda: cam(model, torch.rand(1, 1, 4, 4), 0, layer="relu"),
+          "grad_cam": lambda: grad_cam(model, torch.rand(1, 1, 4, 4), 0, layer="relu"),
+          "grad_cam_pp": lambda: grad_cam_pp(model, torch.rand(1, 1, 4, 4), 0, layer="relu"),
+          "score_cam": lambda: score_cam(model, torch.rand(1, 1, 4, 4), 0, layer="relu"),
+          "guided_backprop": lambda: guided_backprop(model, torch.rand(1, 1, 4, 4), 0),
+          "guided_grad_cam": lambda: guided_grad_cam(model, torch.rand(1, 1, 4, 4), 0, layer="relu")}[name]
+    with pytest.raises(RuntimeError, match="midway"):
+        fn()
+    assert count_hooks(model) == 0
+
+
+def _live_tensors():
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # isinstance on some torch module objects warns
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+@pytest.mark.parametrize("name", ["cam", "grad_cam", "grad_cam_pp", "score_cam", "guided_backprop", "guided_grad_cam"])
+def test_a_thousand_calls_leave_no_hooks_and_no_tensors(name):
+    model = Tiny().eval()
+    x = torch.rand(2, 1, 6, 6)
+    call = {"cam": lambda: cam(model, x, [0, 1], layer="relu"),
+            "grad_cam": lambda: grad_cam(model, x, [0, 1], layer="relu"),
+            "grad_cam_pp": lambda: grad_cam_pp(model, x, [0, 1], layer="relu"),
+            "score_cam": lambda: score_cam(model, x, [0, 1], layer="relu"),
+            "guided_backprop": lambda: guided_backprop(model, x, [0, 1]),
+            "guided_grad_cam": lambda: guided_grad_cam(model, x, [0, 1], layer="relu")}[name]
+    call()
+    before = _live_tensors()
+    for _ in range(1000):
+        call()
+    assert count_hooks(model) == 0
+    assert _live_tensors() == before
