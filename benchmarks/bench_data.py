@@ -8,23 +8,11 @@ forward pass over the same batch for scale.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
+from benchmarks.common import timed
 from helpers.data import make_dataset
 from helpers.models import DermNet
-
-
-def timed(fn, repeats: int = 5) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -39,3 +39,10 @@ def shortcut():
 @pytest.fixture(scope="session")
 def debiased():
     return load_dermnet("debiased")
+
+
+@pytest.fixture(scope="session")
+def batch(test_sets):
+    """Eight held-out clinic-A images and their labels, for method tests."""
+    ds = test_sets["A"][:8]
+    return ds.images, ds.labels

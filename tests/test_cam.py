@@ -12,15 +12,7 @@ from torch import nn
 from helpers.cam import cam, grad_cam, grad_cam_pp, guided_backprop, guided_grad_cam, score_cam
 from helpers.hooks import count_hooks
 
-warnings.filterwarnings("ignore", message=".*required_grads has been set automatically.*")
-warnings.filterwarnings("ignore", message=".*Setting backward hooks on ReLU activations.*")
 ATOL = 1e-6
-
-
-@pytest.fixture(scope="module")
-def batch(test_sets):
-    ds = test_sets["A"][:6]
-    return ds.images, ds.labels
 
 
 def maxdiff(a, b):

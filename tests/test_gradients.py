@@ -1,6 +1,5 @@
 """helpers.gradients: parity with Captum, the maths on models where the answer is known, the contract."""
 
-import warnings
 
 import pytest
 import torch
@@ -19,16 +18,9 @@ from helpers.gradients import (
 )
 from helpers.hooks import count_hooks
 
-warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
 ATOL = 1e-6  # REFERENCE_PARITY.md: exact methods agree to about 1e-6
 # IG's delta subtracts two logits of size ~10-20, whose float32 spacing is ~1e-6: a few of those
 DELTA_ATOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def batch(test_sets):
-    ds = test_sets["A"][:8]
-    return ds.images, ds.labels
 
 
 def maxdiff(a, b):
