@@ -26,7 +26,7 @@
 #   including why its `riemann_trapezoid` differs from the textbook rule;
 # - choose a baseline knowingly: black, mean colour, blurred, noise.
 #
-# **Time to run:** about 40 s on 2 CPU cores.
+# **Time to run:** about 30 s on 2 CPU cores.
 
 # %%
 import inspect
