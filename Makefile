@@ -43,7 +43,7 @@ notebooks: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m helpers.run_notebooks notebooks build
 
-## make data: rebuild the shipped DermNet checkpoints (about 10 minutes on 2 cores)
+## make data: rebuild the shipped DermNet checkpoints (about 7 minutes on 2 cores)
 data: $(STAMP)
 	$(BIN)/python -m helpers.train
 

@@ -139,7 +139,7 @@ plt.show()
 # - `debiased`: trained on clinic B, where the ruler carries no information about the label.
 #
 # Both use the same recipe (6 epochs of 8,000 fresh images each); `make data` rebuilds them from
-# scratch in about 10 minutes on 2 cores. Training here would take too long for a notebook, so we load.
+# scratch in about 7 minutes on 2 cores. Training here would take too long for a notebook, so we load.
 
 # %%
 shortcut, debiased = load_dermnet("shortcut"), load_dermnet("debiased")
