@@ -349,3 +349,135 @@ def check_grad_cam_weights(your_fn, layer: str = "layer4") -> CheckResult:
         if result.passed:
             result.message = "your weights give exactly helpers.cam.grad_cam's map"
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Notebooks 05-07: perturbation methods
+# --------------------------------------------------------------------------------------------
+
+def check_occlusion(your_fn, window: int = 16, stride: int = 8) -> CheckResult:
+    """Notebook 05: ``your_fn(model, x, target, window, stride) -> [B, 1, H, W]``, occlusion with a
+    black patch: the average score drop over the windows covering each pixel."""
+    from .perturbation import occlusion, occlusion_masks
+
+    model, x, t = _dermnet_batch(2, seed=5)
+    result = check_method(your_fn, occlusion, model, x, t, name="occlusion", atol=1e-4, rtol=1e-4,
+                          window=window, stride=stride)
+    if result.passed:
+        return result
+    try:
+        yours = your_fn(model, x, t, window=window, stride=stride)
+    except Exception:
+        return result
+    if not isinstance(yours, torch.Tensor) or yours.shape != (x.shape[0], 1, *x.shape[-2:]):
+        return result
+    yours = yours.detach()
+    masks = occlusion_masks(x.shape[-2:], (window, window), (stride, stride)).float()
+    with torch.no_grad():
+        full = model(x).gather(1, t[:, None])[:, 0]
+        occluded = torch.where(masks[None, :, None].bool(), torch.zeros(()), x[:, None])  # [B, P, C, H, W]
+        logits = model(occluded.flatten(0, 1)).view(x.shape[0], masks.shape[0], -1)
+    drops = full[:, None] - logits.gather(2, t[:, None, None].expand(-1, masks.shape[0], 1))[..., 0]
+    flat = masks.flatten(1)
+    paint = lambda d: (d @ flat).view(x.shape[0], 1, *x.shape[-2:])  # noqa: E731
+    probs = torch.softmax(model(x), 1).gather(1, t[:, None])[:, 0].detach()
+    with torch.no_grad():
+        p_occ = torch.softmax(logits, 2).gather(2, t[:, None, None].expand(-1, masks.shape[0], 1))[..., 0]
+    slips = {
+        "you summed the drops of the windows covering each pixel: divide by how many windows cover it "
+        "(pixels near the edges are covered by fewer)": paint(drops),
+        "you used probabilities: occlusion here explains the logit, as the other methods of the course do":
+            paint(probs[:, None] - p_occ) / flat.sum(0).view(1, 1, *x.shape[-2:]),
+    }
+    for hint, wrong in slips.items():
+        if torch.allclose(yours, wrong, atol=1e-4, rtol=1e-4):
+            diff = float((yours - occlusion(model, x, t, window, stride)).abs().max())
+            return CheckResult(False, "occlusion", hint, diff)
+    return result
+
+
+def check_lime_kernel(your_fn, kernel_width: float = 0.25) -> CheckResult:
+    """Notebook 06: ``your_fn(z, kernel_width) -> [n]``, LIME's sample weights for binary vectors
+    z ``[n, K]``: exp(-d^2 / (2 w^2)) with d the cosine distance between z and the all-ones vector
+    (the lime package's choice; an all-zero z is at distance 1)."""
+    import math
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randint(0, 2, (200, 12), generator=g)
+    z[0] = 1
+    z[1] = 0
+    try:
+        yours = your_fn(z.clone(), kernel_width)
+    except Exception as err:
+        return CheckResult(False, "lime_kernel", f"your function raised {type(err).__name__}: {err}")
+    if not isinstance(yours, torch.Tensor):
+        return CheckResult(False, "lime_kernel", f"expected a torch.Tensor, got {type(yours).__name__}")
+    yours = yours.detach().double().flatten()
+    on = z.double().sum(1)
+    d = 1 - on / (on.sqrt().clamp_min(1e-300) * math.sqrt(z.shape[1]))
+    ours = torch.exp(-d ** 2 / (2 * kernel_width ** 2))
+    if yours.shape == ours.shape and not torch.isfinite(yours).all():
+        return CheckResult(False, "lime_kernel", "NaN or infinite weights: the all-zero sample has no direction; "
+                                                 "give it distance 1 (cosine similarity 0)")
+    if yours.shape == ours.shape:
+        off = 1 - d
+        slips = {
+            "your kernel is exp(-d^2 / w^2): the lime package takes the square root of that, "
+            "exp(-d^2 / (2 w^2))": torch.exp(-d ** 2 / kernel_width ** 2),
+            "you used the cosine similarity where the distance (1 - similarity) belongs":
+                torch.exp(-off ** 2 / (2 * kernel_width ** 2)),
+            "you used the Euclidean distance to the all-ones vector: LIME for images uses the cosine distance":
+                torch.exp(-(z.shape[1] - on) / (2 * kernel_width ** 2)),
+            "you used the fraction of segments switched off as the distance: use the cosine distance":
+                torch.exp(-(1 - on / z.shape[1]) ** 2 / (2 * kernel_width ** 2)),
+        }
+        for hint, wrong in slips.items():
+            if torch.allclose(yours[2:], wrong[2:], atol=1e-9, rtol=1e-6) and not torch.allclose(yours, ours):
+                return CheckResult(False, "lime_kernel", hint, float((yours - ours).abs().max()))
+    return compare(yours, ours, name="lime_kernel", atol=1e-9, rtol=1e-6)
+
+
+def check_shapley(your_fn) -> CheckResult:
+    """Notebook 07: ``your_fn(v, k) -> [k]``, exact Shapley values from a table of coalition values
+    ``v`` [2**k] where coalition S has index sum of 2**j over its players j."""
+    import math
+
+    g = torch.Generator().manual_seed(0)
+    k = 5
+    v = torch.randn(2 ** k, generator=g, dtype=torch.float64) * 3
+    try:
+        yours = your_fn(v.clone(), k)
+    except Exception as err:
+        return CheckResult(False, "shapley", f"your function raised {type(err).__name__}: {err}")
+    if not isinstance(yours, torch.Tensor):
+        return CheckResult(False, "shapley", f"expected a torch.Tensor, got {type(yours).__name__}")
+    yours = yours.detach().double().flatten()
+    code = torch.arange(2 ** k)
+    size = torch.tensor([bin(c).count("1") for c in range(2 ** k)])
+
+    def shapley(weight):
+        out = torch.zeros(k, dtype=torch.float64)
+        for j in range(k):
+            without = code[(code >> j) & 1 == 0]
+            out[j] = sum(weight(int(size[s])) * (v[s | (1 << j)] - v[s]) for s in without)
+        return out
+
+    ours = shapley(lambda s: math.factorial(s) * math.factorial(k - s - 1) / math.factorial(k))
+    if yours.shape == ours.shape:
+        slips = {
+            "you averaged the marginal contributions with equal weight: a coalition of size s gets weight "
+            "s! (k - s - 1)! / k!": shapley(lambda s: 1 / 2 ** (k - 1)),
+            "your weights are 1 / C(k-1, s): divide once more by k (all sizes together must weigh 1)":
+                shapley(lambda s: 1 / math.comb(k - 1, s)),
+            "your players are numbered from the other end: player j is bit j, (index >> j) & 1":
+                ours.flip(0) if not torch.allclose(ours.flip(0), ours) else ours + 1,
+        }
+        for hint, wrong in slips.items():
+            if torch.allclose(yours, wrong, atol=1e-9, rtol=1e-7):
+                return CheckResult(False, "shapley", hint, float((yours - ours).abs().max()))
+        if abs(float(yours.sum()) - float(v[-1] - v[0])) > 1e-6:
+            result = compare(yours, ours, name="shapley", atol=1e-9, rtol=1e-7)
+            result.message += f"; efficiency fails: your values sum to {float(yours.sum()):.4f}, " \
+                              f"v(all) - v(none) = {float(v[-1] - v[0]):.4f}"
+            return result
+    return compare(yours, ours, name="shapley", atol=1e-9, rtol=1e-7)
