@@ -7,6 +7,7 @@ Modules, one per topic:
     contract   the method contract's argument checks, shared by every method
     gradients  saliency, gradient x input, SmoothGrad, Integrated Gradients and IG baselines
     cam        CAM, Grad-CAM, Grad-CAM++, Score-CAM, guided backprop, guided Grad-CAM
+    perturbation  occlusion, superpixels, LIME, KernelSHAP, exact Shapley, expected gradients
     hooks      capture a layer's activation and gradient; hooks always removed
     metrics    mask mass and the pointing game
     viz        overlays and grids with one consistent look

@@ -154,3 +154,57 @@ def test_check_grad_cam_weights():
     assert "gradient x activation" in check_grad_cam_weights(lambda a, g: (a * g).mean((2, 3))).message
     assert "ReLU" in check_grad_cam_weights(lambda a, g: g.clamp(min=0).mean((2, 3))).message
     assert not check_grad_cam_weights(lambda a, g: a.mean((2, 3)))
+
+
+# ---- notebooks 05-07 ----
+
+def test_check_occlusion_passes_ours_and_names_the_sum_slip():
+    from helpers.exercises import check_occlusion
+    from helpers.perturbation import occlusion, occlusion_masks
+
+    assert check_occlusion(lambda m, x, t, window, stride: occlusion(m, x, t, window=window, stride=stride))
+
+    def summed(m, x, t, window, stride):
+        attr = occlusion(m, x, t, window=window, stride=stride)
+        count = occlusion_masks(x.shape[-2:], (window, window), (stride, stride)).sum(0)
+        return attr * count
+
+    result = check_occlusion(summed)
+    assert not result and "divide by how many windows cover it" in result.message
+
+
+def _cosine_kernel(z, width, square=False):
+    import math
+
+    on = z.double().sum(1)
+    d = 1 - on / (on.sqrt().clamp_min(1e-300) * math.sqrt(z.shape[1]))
+    return torch.exp(-d ** 2 / (width ** 2 if square else 2 * width ** 2))
+
+
+def test_check_lime_kernel():
+    from helpers.exercises import check_lime_kernel
+
+    assert check_lime_kernel(_cosine_kernel)
+    result = check_lime_kernel(lambda z, w: _cosine_kernel(z, w, square=True))
+    assert not result and "square root" in result.message
+
+
+def _shapley(v, k, equal=False):
+    import math
+
+    out = torch.zeros(k, dtype=torch.float64)
+    for j in range(k):
+        for s in range(2 ** k):
+            if not (s >> j) & 1:
+                n = bin(s).count("1")
+                w = 1 / 2 ** (k - 1) if equal else math.factorial(n) * math.factorial(k - n - 1) / math.factorial(k)
+                out[j] += w * (v[s | (1 << j)] - v[s])
+    return out
+
+
+def test_check_shapley():
+    from helpers.exercises import check_shapley
+
+    assert check_shapley(_shapley)
+    result = check_shapley(lambda v, k: _shapley(v, k, equal=True))
+    assert not result and "equal weight" in result.message
