@@ -254,7 +254,7 @@ def lime(model: torch.nn.Module, x: torch.Tensor, target, segments, n_samples: i
     z uniform over {0, 1}^K from ``np.random.RandomState(seed)`` with the first row all ones,
     d = cosine distance between z and all-ones, kernel_width 0.25, ridge (alpha 1 unless given), hidden
     segments filled with their mean colour (``hide_color=None``; or a number, or a tensor like x).
-    Captum's ``Lime`` makes four other choices; each is an option here:
+    Captum's ``Lime`` makes five other choices; each is an option here:
 
         sampler="captum"    torch.bernoulli(0.5) per sample (torch RNG seeded with ``seed``)
         distance="input"    cosine distance between the composed image and x, in pixel space

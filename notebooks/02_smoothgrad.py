@@ -105,8 +105,8 @@ print(inspect.getsource(smoothgrad))
 #    Ours draws the same numbers in the same order from the global generator, so after the same
 #    `torch.manual_seed` the noisy images are identical.
 #
-# With those matched, the results agree to round-off (REFERENCE_PARITY.md: "exact given the same
-# seed and draw order"), for every variant and both `abs` settings:
+# With those matched, the results agree to round-off (exact, given the same seed and the same
+# draw order), for every variant and both `abs` settings:
 
 # %%
 nt_types = {"mean": "smoothgrad", "square": "smoothgrad_sq", "var": "vargrad"}

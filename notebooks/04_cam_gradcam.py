@@ -102,7 +102,7 @@ print(inspect.getsource(grad_cam))
 # Captum's `LayerGradCam` returns the layer-resolution map and, by default, **no ReLU**
 # (`relu_attributions=False`): the negative part, evidence *against* the class, stays in. With
 # `relu_attributions=True` and the same upsampling, ours and Captum's agree exactly; guided
-# backprop and guided Grad-CAM too (REFERENCE_PARITY.md: exact).
+# backprop and guided Grad-CAM too (exactly: the same arithmetic in the same order).
 
 # %%
 rows = {}

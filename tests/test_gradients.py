@@ -18,7 +18,7 @@ from helpers.gradients import (
 )
 from helpers.hooks import count_hooks
 
-ATOL = 1e-6  # REFERENCE_PARITY.md: exact methods agree to about 1e-6
+ATOL = 1e-6  # exact methods: float32 round-off only
 # IG's delta subtracts two logits of size ~10-20, whose float32 spacing is ~1e-6: a few of those
 DELTA_ATOL = 1e-5
 
