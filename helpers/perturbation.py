@@ -415,8 +415,11 @@ def gradient_shap_draws(library: str, batch: int, n_samples: int, n_background: 
         alpha = rng.uniform(0.0, 1.0, n_samples * batch)
     else:
         raise ValueError(f"library must be 'shap' or 'captum', got {library!r}")
+    # Captum turns the points into float32 and computes 1 - alpha in float32; shap keeps each point
+    # a float64 number, so its 1 - alpha is rounded once, from float64: keep that precision
+    dtype = torch.float32 if library == "captum" else torch.float64
     return (torch.as_tensor(index, dtype=torch.long).view(batch, n_samples),
-            torch.as_tensor(alpha, dtype=torch.float32).view(batch, n_samples))
+            torch.as_tensor(alpha, dtype=dtype).view(batch, n_samples))
 
 
 def expected_gradients(model: torch.nn.Module, x: torch.Tensor, target, background: torch.Tensor,
@@ -428,7 +431,9 @@ def expected_gradients(model: torch.nn.Module, x: torch.Tensor, target, backgrou
     Integrated Gradients averaged over baselines drawn from a background set, with one random
     point per path: an unbiased estimate of the average IG, whose values sum on average to
     S_c(x) - E_b[S_c(b)]. ``draws=(index [B, n], alpha [B, n])`` replaces the sampler (seeded
-    torch generator) with given draws: see ``gradient_shap_draws``. Returns a tensor like x.
+    torch generator) with given draws: see ``gradient_shap_draws``; the point is computed as
+    alpha * x + (1 - alpha) * b, with 1 - alpha taken in the precision of the draws (float32 as
+    Captum, float64 as shap). Returns a tensor like x.
     """
     check_model(model)
     check_input(x)
@@ -452,12 +457,13 @@ def expected_gradients(model: torch.nn.Module, x: torch.Tensor, target, backgrou
         if int(index.min()) < 0 or int(index.max()) >= bg.shape[0]:
             raise ValueError(f"draws: background index out of range for {bg.shape[0]} background images")
     n = index.shape[1]
-    index, alpha = index.to(x.device).flatten(), alpha.to(device=x.device, dtype=x.dtype).flatten()
+    index, alpha = index.to(x.device).flatten(), alpha.to(x.device).flatten()
+    keep, rest = alpha.to(x.dtype), (1 - alpha).to(x.dtype)  # 1 - alpha in the draws' own precision
     img = torch.arange(n_img, device=x.device).repeat_interleave(n)
     total = torch.zeros_like(x)
     for start in range(0, n_img * n, batch_size):
         sl = slice(start, start + batch_size)
-        i, b, a = img[sl], bg[index[sl]], alpha[sl].view(-1, 1, 1, 1)
-        grad = _gradient(model, a * x[i] + (1 - a) * b, t[i])
+        i, b = img[sl], bg[index[sl]]
+        grad = _gradient(model, keep[sl].view(-1, 1, 1, 1) * x[i] + rest[sl].view(-1, 1, 1, 1) * b, t[i])
         total.index_add_(0, i, grad * (x[i] - b))
     return total / n

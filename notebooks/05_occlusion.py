@@ -39,8 +39,8 @@ from captum.attr import Occlusion
 
 from helpers import viz
 from helpers.cam import grad_cam
-from helpers.gradients import mean_baseline
 from helpers.data import CLASSES, MEL, make_dataset
+from helpers.gradients import mean_baseline
 from helpers.metrics import mask_mass, mask_share, pointing_game, rank_correlation
 from helpers.models import load_dermnet
 from helpers.perturbation import occlusion, occlusion_masks
@@ -221,8 +221,9 @@ plt.show()
 # On this image the two maps put the same share of their mass on the ruler and on the lesion, and
 # the ruler does matter (removing it costs several logits). What they disagree about is the order
 # of the remaining pixels, the plain skin, over which both maps spread about half their mass
-# thinly: a rank correlation over all 4,096 pixels weighs that background as much as the ruler. So a low correlation is a prompt to
-# look at *where* the mass goes and to run the intervention, not a verdict on either method. The
+# thinly: a rank correlation over all 4,096 pixels weighs that background as much as the ruler.
+# So a low correlation is a prompt to look at *where* the mass goes and to run the intervention,
+# not a verdict on either method. The
 # methods also measure different things: occlusion, what happens when one window is *removed*;
 # Grad-CAM, where the last layer's features push the score *locally*.
 #
