@@ -290,10 +290,10 @@ print(f"largest |ours - Captum| = {(ours_kernel - captum_kernel).abs().max().ite
       f"(values up to {captum_kernel.abs().max().item():.1f})")
 
 # %% [markdown]
-# Close, but not round-off close. The coalitions and the scores are the same; the regression is
-# not solved the same way. Captum hands sklearn's `LinearRegression` float32 arrays, and sklearn
-# keeps the dtype it is given; ours solves in float64. Refitting our coalitions and scores in
-# float32 with sklearn gives Captum's numbers:
+# A few float32 spacings apart, and not from the sampling: the coalitions and the scores are the
+# same, but the regression is not solved the same way. Captum hands sklearn's `LinearRegression`
+# float32 arrays, and sklearn keeps the dtype it is given; ours solves in float64. Refitting our
+# coalitions and scores in float32 with sklearn gives Captum's numbers:
 
 # %%
 z3 = kernel_shap_coalitions(K, 200, seed=3)
