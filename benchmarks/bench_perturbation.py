@@ -100,31 +100,24 @@ def main() -> None:
         return lime(model, x1, t1, seg, n_samples=n, seed=0, sampler="captum", distance="input",
                     surrogate="lasso", kernel_width=1.0, hide_color=0.0)
 
-    def captum_lime(ppe):
+    def captum(method, ppe):
         def run():
             torch.manual_seed(0)
-            Lime(model).attribute(x1, target=t1, feature_mask=seg[None, None], n_samples=n,
-                                  perturbations_per_eval=ppe, return_input_shape=False)
+            method(model).attribute(x1, target=t1, feature_mask=seg[None, None], n_samples=n,
+                                    perturbations_per_eval=ppe, return_input_shape=False)
         return run
 
-    a, b = timed_pair(ours_captum_lime, captum_lime(1), repeats=3)
+    a, b = timed_pair(ours_captum_lime, captum(Lime, 1), repeats=3)
     rows.append(("lime (Captum's choices) vs Captum Lime, ppe 1", a, b, "<= 1.0"))
-    a, b = timed_pair(ours_captum_lime, captum_lime(batch), repeats=5)
+    a, b = timed_pair(ours_captum_lime, captum(Lime, batch), repeats=5)
     rows.append((f"lime (Captum's choices) vs Captum, ppe {batch}", a, b, "<= 1.0"))
 
     def ours_ks():
         return kernel_shap(model, x1, t1, seg, n_samples=n, seed=0)
 
-    def captum_ks(ppe):
-        def run():
-            torch.manual_seed(0)
-            KernelShap(model).attribute(x1, target=t1, feature_mask=seg[None, None], n_samples=n,
-                                        perturbations_per_eval=ppe, return_input_shape=False)
-        return run
-
-    a, b = timed_pair(ours_ks, captum_ks(1), repeats=3)
+    a, b = timed_pair(ours_ks, captum(KernelShap, 1), repeats=3)
     rows.append((f"kernel_shap {n} vs Captum KernelShap, ppe 1", a, b, "<= 1.0"))
-    a, b = timed_pair(ours_ks, captum_ks(batch), repeats=5)
+    a, b = timed_pair(ours_ks, captum(KernelShap, batch), repeats=5)
     rows.append((f"kernel_shap vs Captum KernelShap, ppe {batch}", a, b, "<= 1.0"))
     report(rows)
 

@@ -396,6 +396,17 @@ def check_occlusion(your_fn, window: int = 16, stride: int = 8) -> CheckResult:
     return result
 
 
+def _call(your_fn, name: str, *args):
+    """The learner's result as a flat float64 tensor, or a failing CheckResult saying why not."""
+    try:
+        yours = your_fn(*args)
+    except Exception as err:  # the learner's code: report, do not crash the notebook
+        return CheckResult(False, name, f"your function raised {type(err).__name__}: {err}")
+    if not isinstance(yours, torch.Tensor):
+        return CheckResult(False, name, f"expected a torch.Tensor, got {type(yours).__name__}")
+    return yours.detach().double().flatten()
+
+
 def check_lime_kernel(your_fn, kernel_width: float = 0.25) -> CheckResult:
     """Notebook 06: ``your_fn(z, kernel_width) -> [n]``, LIME's sample weights for binary vectors
     z ``[n, K]``: exp(-d^2 / (2 w^2)) with d the cosine distance between z and the all-ones vector
@@ -406,13 +417,9 @@ def check_lime_kernel(your_fn, kernel_width: float = 0.25) -> CheckResult:
     z = torch.randint(0, 2, (200, 12), generator=g)
     z[0] = 1
     z[1] = 0
-    try:
-        yours = your_fn(z.clone(), kernel_width)
-    except Exception as err:
-        return CheckResult(False, "lime_kernel", f"your function raised {type(err).__name__}: {err}")
-    if not isinstance(yours, torch.Tensor):
-        return CheckResult(False, "lime_kernel", f"expected a torch.Tensor, got {type(yours).__name__}")
-    yours = yours.detach().double().flatten()
+    yours = _call(your_fn, "lime_kernel", z.clone(), kernel_width)
+    if isinstance(yours, CheckResult):
+        return yours
     on = z.double().sum(1)
     d = 1 - on / (on.sqrt().clamp_min(1e-300) * math.sqrt(z.shape[1]))
     ours = torch.exp(-d ** 2 / (2 * kernel_width ** 2))
@@ -445,13 +452,9 @@ def check_shapley(your_fn) -> CheckResult:
     g = torch.Generator().manual_seed(0)
     k = 5
     v = torch.randn(2 ** k, generator=g, dtype=torch.float64) * 3
-    try:
-        yours = your_fn(v.clone(), k)
-    except Exception as err:
-        return CheckResult(False, "shapley", f"your function raised {type(err).__name__}: {err}")
-    if not isinstance(yours, torch.Tensor):
-        return CheckResult(False, "shapley", f"expected a torch.Tensor, got {type(yours).__name__}")
-    yours = yours.detach().double().flatten()
+    yours = _call(your_fn, "shapley", v.clone(), k)
+    if isinstance(yours, CheckResult):
+        return yours
     code = torch.arange(2 ** k)
     size = torch.tensor([bin(c).count("1") for c in range(2 ** k)])
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import GuidedBackprop, GuidedGradCam, LayerAttribution, LayerGradCam
+from contract_checks import assert_rejects_bad_input, run_without_side_effects
 from torch import nn
 
 from helpers.cam import cam, grad_cam, grad_cam_pp, guided_backprop, guided_grad_cam, score_cam
@@ -156,24 +157,13 @@ METHODS = {
 @pytest.mark.parametrize("name", list(METHODS))
 def test_shapes_and_no_side_effects(shortcut, batch, name):
     x, t = batch
-    x = x[:2].clone()
-    before = x.clone()
-    out = METHODS[name](shortcut, x, t[:2])
-    expected = (2, 3, 64, 64) if name.startswith("guided") else (2, 1, 64, 64)
-    assert out.shape == expected
-    assert torch.equal(x, before) and not x.requires_grad and not shortcut.training
-    assert all(p.grad is None for p in shortcut.parameters())
-    assert count_hooks(shortcut) == 0
+    out = run_without_side_effects(METHODS[name], shortcut, x[:2].clone(), t[:2])
+    assert out.shape == ((2, 3, 64, 64) if name.startswith("guided") else (2, 1, 64, 64))
 
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_bad_arguments(shortcut, batch, name):
-    x, t = batch
-    with pytest.raises(ValueError, match="x must be a batch"):
-        METHODS[name](shortcut, x[0], 0)
-    with pytest.raises(ValueError, match="target 9 is out of range"):
-        METHODS[name](shortcut, x[:1], 9)
-    assert count_hooks(shortcut) == 0
+    assert_rejects_bad_input(METHODS[name], shortcut, batch[0])
 
 
 def test_layer_errors(shortcut, batch):
