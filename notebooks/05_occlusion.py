@@ -114,9 +114,9 @@ print(inspect.getsource(occlusion))
 #
 # Captum's `Occlusion` with the same window (over all three channels), stride and baseline. By
 # default the helper hands DermNet its occluded images in channels-last memory layout, which makes
-# the convolutions about a quarter faster on a CPU and rounds them differently; with
-# `channels_last=False` it does Captum's arithmetic, and only the order in which the drops are
-# summed can move the last bit.
+# the convolutions faster on a CPU (`benchmarks/bench_perturbation.py` measures by how much) and
+# rounds them differently; with `channels_last=False` it does Captum's arithmetic, and only the
+# order in which the drops are summed can move the last bit.
 
 # %%
 x2, t2 = rulers.images[:2], rulers.labels[:2]
@@ -172,9 +172,10 @@ viz.attribution_grid(mel_batch[:3], {name: a[:3] for name, a in occ.items()}, si
 plt.show()
 
 # %% [markdown]
-# A black patch *raises* the melanoma logit almost everywhere (negative drops): dark blobs are
-# melanoma evidence to this model, so the black-patch map mostly says "adding darkness helps"
-# and its ruler mass sits near the ruler's share of the image. The mean colour and the blur make a
+# A black patch *raises* the melanoma logit over most of the image (negative drops on about three
+# pixels in four, in the table): dark blobs are melanoma evidence to this model, so the
+# black-patch map mostly says "adding darkness helps" and its ruler mass sits near the ruler's
+# share of the image. The mean colour and the blur make a
 # hidden patch look like skin, and the ruler stands out. From here on the patch is the mean colour.
 #
 # ## 5. Occlusion and Grad-CAM: do they agree?
