@@ -100,6 +100,7 @@ def occlusion(model: torch.nn.Module, x: torch.Tensor, target, window=8, stride=
     baseline        what a hidden pixel becomes: a number, a tensor like x, or a name ("black",
                     "mean", "blur", "noise"); 0.0 (black) by default, as Captum
     return_passes   also return the number of images the model evaluated: B * (positions + 1)
+    channels_last   the images' memory layout for the model (see the module's docstring)
 
     Returns ``[B, 1, H, W]`` (or ``(attr, passes)``).
     """
