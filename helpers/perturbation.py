@@ -6,6 +6,7 @@
     kernel_shap          the same regression with the Shapley kernel: approximate Shapley values
     exact_shapley        Shapley values from their definition, every coalition (few features)
     paint                per-segment values back onto the pixels
+    weighted_linear_fit  the weighted least squares that LIME and KernelSHAP both solve
     expected_gradients   GradientSHAP: gradients at random points between background images and x
 
 "The score" is the model's output for the target class, as the model returns it (DermNet's logit).
@@ -230,7 +231,7 @@ def _coalition_scores(model, x1, hide1, t1, seg1, z, batch_size, similarity=Fals
     return torch.cat(scores), (torch.cat(sims) if similarity else None)
 
 
-def _weighted_linear_fit(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float = 0.0):
+def weighted_linear_fit(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha: float = 0.0):
     """argmin_{b0, b}  sum_n w_n (y_n - b0 - z_n . b)^2 + alpha |b|^2, in float64 (intercept free).
 
     Centre with the weighted means, scale the rows by sqrt(w), then least squares; the ridge term
@@ -308,7 +309,7 @@ def lime(model: torch.nn.Module, x: torch.Tensor, target, segments, n_samples: i
             d = 1 - sim.double()
         pi = torch.exp(-d ** 2 / (2 * kernel_width ** 2))
         if surrogate == "ridge":
-            values[i, :k] = _weighted_linear_fit(z, y, pi, 1.0 if alpha is None else alpha)[0].to(x.dtype)
+            values[i, :k] = weighted_linear_fit(z, y, pi, 1.0 if alpha is None else alpha)[0].to(x.dtype)
         else:
             from sklearn.linear_model import Lasso
 
@@ -375,7 +376,7 @@ def kernel_shap(model: torch.nn.Module, x: torch.Tensor, target, segments, n_sam
         y, _ = _coalition_scores(model, x[i], base[i], t[i], seg[i], z, batch_size, channels_last=channels_last)
         w = torch.ones(n_samples, dtype=torch.float64, device=x.device)
         w[:2] = endpoint_weight
-        values[i, :k] = _weighted_linear_fit(z, y, w)[0].to(x.dtype)
+        values[i, :k] = weighted_linear_fit(z, y, w)[0].to(x.dtype)
     return values
 
 

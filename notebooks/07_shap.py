@@ -28,7 +28,7 @@
 #   DeepExplainer and Captum's DeepLiftShap part ways;
 # - audit the shortcut with Shapley values: ruler mass for the shortcut and debiased models.
 #
-# **Time to run:** about 30 s on 2 CPU cores.
+# **Time to run:** 30 to 50 s on 2 CPU cores (shap compiles its image masker on first use).
 
 # %%
 import contextlib
@@ -64,6 +64,7 @@ from helpers.perturbation import (
     paint,
     shapley_kernel_sizes,
     superpixels,
+    weighted_linear_fit,
 )
 from helpers.train import TEST_SEEDS
 
@@ -224,19 +225,14 @@ except ValueError as err:
 #
 # where the empty and the full coalition get infinite weight (in practice a very large one), which
 # pins $\phi_0 = v(\varnothing)$ and makes the coefficients add up to $v(N) - v(\varnothing)$. With all
-# 64 coalitions and these weights the regression gives the Shapley values back exactly:
+# 64 coalitions and these weights the regression (solved by `weighted_linear_fit`, the solver the
+# helpers' LIME and KernelSHAP share) gives the Shapley values back exactly:
 
 # %%
-def weighted_fit(z, y, w):
-    """Weighted least squares with an intercept: the coefficients of z (float64)."""
-    design = torch.cat([torch.ones(len(z), 1, dtype=torch.float64), z.double()], 1) * w.sqrt()[:, None]
-    return torch.linalg.lstsq(design, (y * w.sqrt())[:, None], driver="gelsd").solution[1:, 0]
-
-
 size = players.sum(1)
 kernel = torch.tensor([(K - 1) / (math.comb(K, s) * s * (K - s)) if 0 < s < K else 1e6 for s in size.tolist()],
                       dtype=torch.float64)
-phi_regression = weighted_fit(players, v, kernel)
+phi_regression, _ = weighted_linear_fit(players, v, kernel)  # the helper's solver: coefficients, intercept
 print(f"all 64 coalitions, Shapley kernel: largest |regression - exact| = "
       f"{(phi_regression - phi0.double()).abs().max().item():.1e}")
 
@@ -263,7 +259,7 @@ def kernel_shap_by_lookup(z):
     """KernelSHAP on our 6-player game: sampled coalitions z, values looked up in v."""
     w = torch.ones(len(z), dtype=torch.float64)
     w[:2] = 1e6  # the full and the empty coalition pin the ends (Captum's weight)
-    return weighted_fit(z, v[(z << torch.arange(K)).sum(1)], w)
+    return weighted_linear_fit(z, v[(z << torch.arange(K)).sum(1)], w)[0]
 
 
 phi_kernel = kernel_shap(shortcut, x0, MEL, seg0, n_samples=200, seed=0, baseline="mean")[0]
