@@ -11,7 +11,11 @@ LAB_FLAGS ?= --no-browser $(if $(filter 0,$(shell id -u)),--allow-root)
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 export PYTHONHASHSEED := 0
 
-.PHONY: lab test lint unit notebooks run data bench clean
+.PHONY: lab test test-portable execute lint unit notebooks run data bench clean
+# The notebooks that execute/test-portable work on (all of them unless named: NB=notebooks/03_*.ipynb)
+NB ?= notebooks
+# Kernel and thread settings test-portable checks, as ATEN_CPU_CAPABILITY:OMP_NUM_THREADS
+PORTABLE ?= default:1 avx2:4
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +42,25 @@ unit: $(STAMP)
 
 notebooks: $(STAMP)
 	$(BIN)/pytest $(NBVAL) notebooks
+
+## make test-portable: unit tests and notebooks under other PyTorch kernels and thread counts, as a
+## learner's machine would run them (run it before committing a notebook)
+test-portable: $(STAMP)
+	@for cfg in $(PORTABLE); do \
+		cap=$${cfg%%:*}; threads=$${cfg##*:}; \
+		echo "== ATEN_CPU_CAPABILITY=$$cap OMP_NUM_THREADS=$$threads"; \
+		ATEN_CPU_CAPABILITY=$$cap OMP_NUM_THREADS=$$threads $(BIN)/pytest -q tests || exit 1; \
+		ATEN_CPU_CAPABILITY=$$cap OMP_NUM_THREADS=$$threads $(BIN)/pytest -q $(NBVAL) $(NB) || exit 1; \
+	done
+
+## make execute: re-execute notebooks top to bottom from a fresh kernel, in place, then sync their
+## .py twins. COURSE_STRICT=1 makes helpers.report refuse a printed figure round-off could move.
+execute: $(STAMP)
+	@for nb in $(if $(filter notebooks,$(NB)),notebooks/[0-9][0-9]_*.ipynb,$(NB)); do \
+		echo "== $$nb"; \
+		COURSE_STRICT=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace $$nb || exit 1; \
+		$(BIN)/jupytext --quiet --sync $$nb || exit 1; \
+	done
 
 ## make run: execute every notebook headless into build/, with a timing table
 run: $(STAMP)

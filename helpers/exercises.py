@@ -74,7 +74,9 @@ def compare(yours, ours: torch.Tensor, *, name: str = "result", atol: float = 1e
 
     diff = float((yours - ours).abs().max()) if yours.numel() else 0.0
     if _close(yours, ours, atol, rtol):
-        return CheckResult(True, name, f"matches ours (largest difference {diff:.2e})", diff)
+        # the bound, not the residual: the residual is round-off and differs from machine to machine
+        bound = f"atol={atol:g}" + (f", rtol={rtol:g}" if rtol else "")
+        return CheckResult(True, name, f"matches ours (to within {bound})", diff)
 
     def fail(hint: str) -> CheckResult:
         return CheckResult(False, name, f"{hint} (largest difference {diff:.3g})", diff)

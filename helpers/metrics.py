@@ -6,12 +6,16 @@ Two numbers recur through the course:
   A map that spreads evenly over the image scores the mask's own share of the image
   (``mask_share(mask)``), so always read the two side by side: a ruler mass of 0.30 means a lot
   when the ruler is 12% of the image.
-- ``pointing_game(attr, mask)``: is the map's single largest value inside the mask, per image.
+- ``pointing_game(attr, mask)``: is the map's largest value inside the mask, per image (pixels
+  tied with the maximum to within ``PEAK_TOL`` count together, so round-off cannot move the peak).
 """
 
 from __future__ import annotations
 
 import torch
+
+# pixels within this share of the maximum count as the peak (round-off ties are ~1e-6)
+PEAK_TOL = 1e-3
 
 
 def _as_maps(attr: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,14 +62,22 @@ def mask_share(mask: torch.Tensor) -> torch.Tensor:
     return mask.float().mean((1, 2))
 
 
-def pointing_game(attr: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Whether the map's largest magnitude lies inside ``mask``, per image (bool [B]).
+def pointing_game(attr: torch.Tensor, mask: torch.Tensor, tol: float = PEAK_TOL) -> torch.Tensor:
+    """Whether the map's largest magnitude lies inside ``mask``, per image: float [B] in [0, 1].
 
-    Ties are broken by the first maximum in row-major order.
+    The peak is every pixel within ``tol`` (relative) of the map's maximum, not one pixel: an
+    upsampled map has plateaus of equal values, and which of two tied pixels is "the" maximum is
+    decided by round-off, so it differs between CPUs. An image scores the share of its peak that
+    lies inside the mask: 1 or 0 when the peak is one pixel or lies wholly on one side, a fraction
+    when a tie straddles the mask's edge. An all-zero map scores NaN (it points nowhere).
     """
+    if not (isinstance(tol, float | int) and 0 <= tol < 1):
+        raise ValueError(f"tol must be a number in [0, 1), got {tol!r}")
     a, m = _as_maps(attr, mask)
-    flat = a.flatten(1).argmax(1)
-    return m.flatten(1).gather(1, flat[:, None])[:, 0]
+    top = a.flatten(1).amax(1)
+    peak = a.flatten(1) >= (top * (1 - tol))[:, None]
+    inside = (peak & m.flatten(1)).sum(1).float() / peak.sum(1).float()
+    return torch.where(top > 0, inside, torch.full_like(inside, float("nan")))
 
 
 def mass_summary(attr: torch.Tensor, masks: dict, names=("ruler", "lesion")) -> dict:
@@ -86,7 +98,7 @@ def mass_summary(attr: torch.Tensor, masks: dict, names=("ruler", "lesion")) -> 
         a, m = attr[present], mask[present]
         out[f"{name} mass"] = mask_mass(a, m).nanmean().item()
         out[f"{name} share"] = mask_share(m).mean().item()
-        out[f"{name} pointing"] = pointing_game(a, m).float().mean().item()
+        out[f"{name} pointing"] = pointing_game(a, m).nanmean().item()
     return out
 
 

@@ -44,7 +44,23 @@ def test_pointing_game():
     attr[1, 0, 1, 1] = 1
     mask = torch.zeros(2, 3, 3, dtype=torch.bool)
     mask[:, 1, 1] = True
-    assert pointing_game(attr, mask).tolist() == [True, False]
+    assert pointing_game(attr, mask).tolist() == [1.0, 0.0]
+
+
+def test_pointing_game_pools_round_off_ties():
+    # two pixels equal up to float32 round-off, one inside the mask and one outside: whichever
+    # round-off makes larger, the score is the same half
+    attr = torch.zeros(2, 1, 2, 2)
+    attr[:, 0, 0, 0] = 1.0
+    attr[0, 0, 0, 1] = 1.0 + 1e-6
+    attr[1, 0, 0, 1] = 1.0 - 1e-6
+    mask = torch.zeros(2, 2, 2, dtype=torch.bool)
+    mask[:, 0, 0] = True
+    assert pointing_game(attr, mask).tolist() == [0.5, 0.5]
+    assert pointing_game(attr, mask, tol=0.0).tolist() == [0.0, 1.0]
+    assert math.isnan(pointing_game(torch.zeros(1, 1, 2, 2), mask[:1]).item())
+    with pytest.raises(ValueError, match="tol"):
+        pointing_game(attr, mask, tol=1.5)
 
 
 @pytest.mark.parametrize("attr, mask, word", [
