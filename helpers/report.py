@@ -18,9 +18,10 @@ Three tools keep those bits out of what is printed:
     A fixed-width text table of such figures (``print(table(...))``), in place of a DataFrame's
     repr, whose column widths follow the widest entry, so that one value's sign moved every column.
 
-The margin is ``RTOL * |value| + ATOL``: measured across PyTorch's default/AVX2/AVX-512 kernels and
-1-4 threads, the course's figures (logits, masses, correlations, averaged over images) move by less
-than 1e-6 relative; the margin leaves a factor of 20 on top.
+The margin is ``RTOL * |value| + ATOL``. Measured on DermNet across PyTorch's default (no SIMD),
+AVX2 and AVX-512 kernels with 1, 2 and 4 threads: logits and IG sums move by up to 5e-6 relative,
+mask masses by 1e-7, and Spearman rank correlations of upsampled maps by up to 4e-5 (pixels tied
+on a plateau swap ranks). The margin, 1e-4 relative, leaves a factor of 2.5 over the worst of them.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from collections.abc import Mapping
 
 import torch
 
-RTOL = 2e-5
-ATOL = 1e-7
+RTOL = 1e-4
+ATOL = 1e-6
 
 
 def strict() -> bool:

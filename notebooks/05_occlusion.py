@@ -33,7 +33,6 @@
 import inspect
 
 import matplotlib.pyplot as plt
-import pandas as pd
 import torch
 from captum.attr import Occlusion
 
@@ -44,10 +43,10 @@ from helpers.gradients import mean_baseline
 from helpers.metrics import mask_mass, mask_share, pointing_game, rank_correlation
 from helpers.models import load_dermnet
 from helpers.perturbation import occlusion, occlusion_masks
+from helpers.report import agree, fmt, table
 from helpers.train import TEST_SEEDS
 
 torch.manual_seed(0)
-pd.set_option("display.precision", 3)
 shortcut, debiased = load_dermnet("shortcut"), load_dermnet("debiased")
 test_a = make_dataset(2000, clinic="A", seed=TEST_SEEDS["A"])  # the held-out clinic-A test set
 rulers = test_a[torch.nonzero(test_a.has_ruler)[:16, 0]]  # 16 images with a ruler (all melanomas here)
@@ -84,8 +83,8 @@ axes[2].bar(["image", "covered"], [s_full, s_cov], color=["tab:blue", "tab:orang
 axes[2].set_title("mel logit (shortcut)")
 fig.tight_layout()
 plt.show()
-print(f"covering 16x16 pixels of the ruler moves the mel logit from {s_full:.2f} to {s_cov:.2f} "
-      f"(drop {s_full - s_cov:.2f})")
+print(f"covering 16x16 pixels of the ruler moves the mel logit from {fmt(s_full, 2)} to {fmt(s_cov, 2)} "
+      f"(drop {fmt(s_full - s_cov, 2)})")
 
 # %% [markdown]
 # ## 2. The helper: every window, in batches
@@ -125,10 +124,9 @@ for window, stride in [(10, 4), (7, 3)]:
                                         strides=(3, stride, stride), baselines=0.0, perturbations_per_eval=64)
     ours, passes = occlusion(shortcut, x2, t2, window=window, stride=stride, return_passes=True)
     same = occlusion(shortcut, x2, t2, window=window, stride=stride, channels_last=False)
-    diff, diff_same = (ours - ref[:, :1]).abs().max().item(), (same - ref[:, :1]).abs().max().item()
-    print(f"window {window:2d} stride {stride}: {passes} forward passes; largest difference to Captum "
-          f"{diff:.0e} (channels-last), {diff_same:.0e} (Captum's layout)")
-    assert diff < 1e-5 and diff_same < 2e-6
+    print(f"window {window:2d} stride {stride}: {passes} forward passes")
+    agree("  ours (channels-last) vs Captum", ours, ref[:, :1], atol=1e-5)
+    agree("  ours (Captum's layout) vs Captum", same, ref[:, :1], atol=2e-6)
 
 # %% [markdown]
 # Windows 10 and 7 do not tile 64 pixels, so their last windows are cropped: the edges agree too.
@@ -142,15 +140,15 @@ for window, stride in [(10, 4), (7, 3)]:
 
 # %%
 settings = [(4, 2), (8, 4), (16, 8), (32, 16)]
-maps, rows = {}, []
+maps, rows = {}, {}
 for window, stride in settings:
     attr, passes = occlusion(shortcut, x0, MEL, window=window, stride=stride, baseline="mean",
                              return_passes=True)
     maps[f"w{window} s{stride}"] = attr
-    rows.append({"window": window, "stride": stride, "forward passes": passes,
-                 "ruler mass": mask_mass(attr, rulers.masks["ruler"][:1]).item(),
-                 "largest drop": attr.max().item()})
-print(pd.DataFrame(rows).to_string(index=False))
+    rows[window] = {"stride": stride, "forward passes": passes,
+                    "ruler mass": mask_mass(attr, rulers.masks["ruler"][:1]).item(),
+                    "largest drop": attr.max().item()}
+print(table(rows, {"ruler mass": 3, "largest drop": 2}, index="window"))
 viz.attribution_grid(x0, maps, signed=True)
 plt.show()
 
@@ -164,10 +162,15 @@ mel_batch = rulers.images
 baselines = {"black": 0.0, "mean colour": "mean", "blur": "blur"}
 occ = {name: occlusion(shortcut, mel_batch, MEL, window=8, stride=4, baseline=b) for name, b in baselines.items()}
 ruler = rulers.masks["ruler"]
-rows = [{"patch": name, "mean drop": a.mean().item(), "pixels with a negative drop": (a < 0).float().mean().item(),
-         "ruler mass": mask_mass(a, ruler).mean().item()} for name, a in occ.items()]
-print(pd.DataFrame(rows).to_string(index=False))
-print(f"the ruler's share of the image: {mask_share(ruler).mean().item():.3f}")
+rows = {name: {"mean drop": a.mean().item(), "pixels with a negative drop": (a < 0).float().mean().item(),
+               "ruler mass": mask_mass(a, ruler).mean().item()} for name, a in occ.items()}
+share = mask_share(ruler).mean().item()
+print(table(rows, {"mean drop": 2, "pixels with a negative drop": 2, "ruler mass": 3}, index="patch"))
+print(f"the ruler's share of the image: {fmt(share, 3)}")
+black = rows["black"]
+assert black["mean drop"] < 0 and abs(black["pixels with a negative drop"] - 0.75) < 0.05  # "three pixels in four"
+assert abs(black["ruler mass"] - share) < 0.03  # black: near the ruler's share
+assert min(rows["mean colour"]["ruler mass"], rows["blur"]["ruler mass"]) > 2 * share  # the ruler stands out
 viz.attribution_grid(mel_batch[:3], {name: a[:3] for name, a in occ.items()}, signed=True)
 plt.show()
 
@@ -188,13 +191,15 @@ plt.show()
 # %%
 occ_s = occ["mean colour"]
 cam_s = grad_cam(shortcut, mel_batch, MEL, relu=False)
-agree = rank_correlation(occ_s, cam_s)
-print(f"rank correlation occlusion vs Grad-CAM over {len(agree)} images: median {agree.median().item():.2f}, "
-      f"min {agree.min().item():.2f}, max {agree.max().item():.2f}")
-print(f"ruler mass, occlusion {mask_mass(occ_s, ruler).mean().item():.3f} vs "
-      f"Grad-CAM {mask_mass(cam_s.clamp_min(0), ruler).mean().item():.3f}")
+corr = rank_correlation(occ_s, cam_s)
+mass_occ, mass_cam = mask_mass(occ_s, ruler).mean().item(), mask_mass(cam_s.clamp_min(0), ruler).mean().item()
+print(f"rank correlation occlusion vs Grad-CAM over {len(corr)} images: median {fmt(corr.median(), 2)}, "
+      f"min {fmt(corr.min(), 2)}, max {fmt(corr.max(), 2)}")
+print(f"ruler mass, occlusion {fmt(mass_occ, 3)} vs Grad-CAM {fmt(mass_cam, 3)}")
+assert 0.3 < corr.median().item() < 0.8  # "moderate"
+assert abs(mass_occ - mass_cam) < 0.15  # similar mass on the ruler
 plt.figure(figsize=(4, 2.4))
-plt.hist(agree.numpy(), bins=12, range=(-1, 1), color="tab:blue")
+plt.hist(corr.numpy(), bins=12, range=(-1, 1), color="tab:blue")
 plt.xlabel("rank correlation, occlusion vs Grad-CAM")
 plt.ylabel("images")
 plt.tight_layout()
@@ -206,19 +211,27 @@ plt.show()
 # effect of the ruler is the change in the logit when it is removed.
 
 # %%
-worst = int(agree.argmin())
+worst = int(corr.argmin())
+lowest, runner_up = corr.sort().values[:2].tolist()
+assert runner_up - lowest > 1e-3  # the lowest correlation is not a near-tie
 no_ruler = make_dataset(2000, clinic="A", seed=TEST_SEEDS["A"], ruler=False)
 index = torch.nonzero(test_a.has_ruler)[:16, 0]
 with torch.no_grad():
     effect = shortcut(mel_batch)[:, MEL] - shortcut(no_ruler.images[index])[:, MEL]
 lesion = rulers.masks["lesion"]
 one = slice(worst, worst + 1)
-print(f"image {worst}: rank correlation {agree[worst].item():.2f}")
+print(f"image {worst}: rank correlation {fmt(corr[worst], 2)}")
+where = {}
 for name, a in [("occlusion", occ_s), ("Grad-CAM (ReLU)", cam_s.clamp_min(0))]:
     r_mass, l_mass = mask_mass(a[one], ruler[one]).item(), mask_mass(a[one], lesion[one]).item()
-    print(f"  {name:16s} ruler mass {r_mass:.3f}, lesion mass {l_mass:.3f}, elsewhere {1 - r_mass - l_mass:.3f}")
-print(f"  removing the ruler lowers the mel logit by {effect[worst].item():.2f} "
-      f"(median over the 16 images: {effect.median().item():.2f})")
+    where[name] = {"ruler mass": r_mass, "lesion mass": l_mass, "elsewhere": 1 - r_mass - l_mass}
+print(table(where, 3, index=f"image {worst}"))
+print(f"removing the ruler lowers the mel logit by {fmt(effect[worst], 2)} "
+      f"(median over the 16 images: {fmt(effect.median(), 2)})")
+for column in ("ruler mass", "lesion mass"):  # the same share on the ruler and on the lesion
+    assert abs(where["occlusion"][column] - where["Grad-CAM (ReLU)"][column]) < 0.02
+assert all(abs(w["elsewhere"] - 0.5) < 0.05 for w in where.values())  # about half on the plain skin
+assert effect[worst] > 3  # several logits
 viz.attribution_grid(mel_batch[one], {"occlusion": occ_s[one], "Grad-CAM": cam_s[one]}, signed=True)
 plt.show()
 
@@ -236,14 +249,18 @@ plt.show()
 
 # %%
 occ_d = occlusion(debiased, mel_batch, MEL, window=8, stride=4, baseline="mean")
-rows = []
+rows = {}
 for name, a in [("shortcut", occ_s), ("debiased", occ_d)]:
-    rows.append({"model": name, "ruler mass": mask_mass(a, ruler).mean().item(),
-                 "lesion mass": mask_mass(a, lesion).mean().item(),
-                 "ruler pointing": pointing_game(a, ruler).float().mean().item(),
-                 "lesion pointing": pointing_game(a, lesion).float().mean().item()})
-print(pd.DataFrame(rows).to_string(index=False))
-print(f"ruler share {mask_share(ruler).mean().item():.3f}, lesion share {mask_share(lesion).mean().item():.3f}")
+    rows[name] = {"ruler mass": mask_mass(a, ruler).mean().item(),
+                  "lesion mass": mask_mass(a, lesion).mean().item(),
+                  "ruler pointing": pointing_game(a, ruler).nanmean().item(),
+                  "lesion pointing": pointing_game(a, lesion).nanmean().item()}
+l_share = mask_share(lesion).mean().item()
+print(table(rows, {"ruler mass": 3, "lesion mass": 3, "ruler pointing": 2, "lesion pointing": 2}, index="model"))
+print(f"ruler share {fmt(share, 3)}, lesion share {fmt(l_share, 3)}")
+assert 2.5 < rows["shortcut"]["ruler mass"] / share < 3.5  # about three times the ruler's share
+assert rows["debiased"]["ruler mass"] < share
+assert rows["debiased"]["lesion pointing"] == 1  # the largest drop on the lesion in every image
 viz.attribution_grid(mel_batch[:4], {"shortcut": occ_s[:4], "debiased": occ_d[:4]}, signed=True)
 plt.show()
 
