@@ -17,10 +17,21 @@ NB ?= notebooks
 # Kernel and thread settings test-portable checks, as ATEN_CPU_CAPABILITY:OMP_NUM_THREADS
 PORTABLE ?= default:1 avx2:4
 
+# TORCH_INDEX: a wheel index to take torch and torchvision from instead of PyPI, e.g. PyTorch's
+# CPU-only builds (README, "Two commands"); everything else still comes from requirements.txt
+TORCH_INDEX ?=
+
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+ifneq ($(TORCH_INDEX),)
+	$(BIN)/python -m pip install --quiet --index-url $(TORCH_INDEX) \
+		$$(grep -E '^torch(vision)?=' requirements.txt | sed 's/===*/==/')
+	grep -v -E '^torch(vision)?=' requirements.txt > $(VENV)/requirements-no-torch.txt
+	$(BIN)/python -m pip install --quiet -r $(VENV)/requirements-no-torch.txt
+else
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+endif
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
