@@ -64,11 +64,13 @@ test-portable: $(STAMP)
 		ATEN_CPU_CAPABILITY=$$cap OMP_NUM_THREADS=$$threads $(BIN)/pytest -q $(NBVAL) $(NB) || exit 1; \
 	done
 
-## make execute: re-execute notebooks top to bottom from a fresh kernel, in place, then sync their
-## .py twins. COURSE_STRICT=1 makes helpers.report refuse a printed figure round-off could move.
+## make execute: sync each notebook with its .py twin (the newer wins), re-execute it top to bottom
+## from a fresh kernel, in place, then sync the twin. COURSE_STRICT=1 makes helpers.report refuse
+## a printed figure that round-off could move.
 execute: $(STAMP)
 	@for nb in $(if $(filter notebooks,$(NB)),notebooks/[0-9][0-9]_*.ipynb,$(NB)); do \
 		echo "== $$nb"; \
+		$(BIN)/jupytext --quiet --sync $$nb || exit 1; \
 		COURSE_STRICT=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace $$nb || exit 1; \
 		$(BIN)/jupytext --quiet --sync $$nb || exit 1; \
 	done

@@ -70,3 +70,10 @@ def test_table_from_a_dataframe_with_digits_per_column():
     assert "0.25" in text and "0.250" not in text
     with pytest.raises(ValueError, match="rows"):
         table({})
+
+
+def test_table_passes_a_margin_per_column(strict):
+    rows = {"a": {"r": 0.1249, "m": 0.1249}}
+    assert table(rows, 2) == "      r     m\na  0.12  0.12"
+    with pytest.raises(ValueError, match="fewer digits"):
+        table(rows, 2, atol={"r": 1e-3})
