@@ -35,17 +35,16 @@
 
 # %%
 import matplotlib.pyplot as plt
-import pandas as pd
 import torch
 
 from helpers import viz
 from helpers.data import ARTIFACTS, CLASSES, CLINICS, MEL, make_dataset
 from helpers.metrics import mask_share
 from helpers.models import load_dermnet
-from helpers.train import TEST_SEEDS, confusion_matrix, intervention_pair, predict, ruler_intervention
+from helpers.report import fmt, table
+from helpers.train import TEST_SEEDS, confusion_matrix, intervention_pair, ruler_intervention
 
-torch.manual_seed(0)
-pd.set_option("display.precision", 3)
+_ = torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. DermSynth: dermoscopy we can check
@@ -104,10 +103,12 @@ plt.show()
 
 # %%
 test = {c: make_dataset(2000, clinic=c, seed=TEST_SEEDS[c]) for c in "AB"}
-rates = pd.DataFrame({f"clinic {c}": {name: d.has_ruler[d.labels == i].float().mean().item()
-                                      for i, name in enumerate(CLASSES)} for c, d in test.items()}).T
+rates = {f"clinic {c}": {name: d.has_ruler[d.labels == i].float().mean().item() for i, name in enumerate(CLASSES)}
+         for c, d in test.items()}
 print("rates set in helpers.data.CLINICS, (P(ruler | mel), P(ruler | other)):", CLINICS)
-rates
+print(table(rates, 2))
+for c, (p_mel, p_other) in CLINICS.items():  # the drawn rates are the set ones, up to sampling noise
+    assert all(abs(r - (p_mel if name == "mel" else p_other)) < 0.05 for name, r in rates[f"clinic {c}"].items())
 
 # %% [markdown]
 # Forcing `ruler=True` or `ruler=False` changes the ruler and nothing else: every other random draw
@@ -118,7 +119,9 @@ rates
 same = dict(n=5, clinic="B", seed=4, labels=["nv", "bkl", "df", "mel", "mel"])
 without, with_ruler = make_dataset(**same, ruler=False), make_dataset(**same, ruler=True)
 changed = (with_ruler.images - without.images).abs().amax(1) > 0
-print("pixels changed outside the ruler mask:", int((changed & ~with_ruler.masks["ruler"]).sum()))
+outside = int((changed & ~with_ruler.masks["ruler"]).sum())
+print("pixels changed outside the ruler mask:", outside)
+assert outside == 0
 fig = viz.image_grid(torch.cat([without.images, with_ruler.images]), ncols=5,
                      titles=[f"{n}, no ruler" for n in without.class_names]
                      + [f"{n}, ruler" for n in with_ruler.class_names])
@@ -157,14 +160,35 @@ print("parameters:", sum(p.numel() for p in shortcut.parameters()))
 # %% [markdown]
 # ## 3. Suspiciously good
 #
-# Both models are tested on the 2,000 fresh images per clinic drawn above. First the shortcut
+# Both models are tested on the 2,000 fresh images per clinic drawn above. A prediction is the
+# class with the largest logit; `logits` below runs the model the way `helpers.train.predict` does
+# (in batches, channels-last). An accuracy is a count of such argmaxes, and an argmax that wins by
+# a hair could go the other way on another CPU, whose round-off differs in the last bits. So we also
+# check that no prediction is a near-tie: on every image the winning logit beats the runner-up by
+# more than 1e-4 of the largest logit's size, a hundred times float32 round-off. First the shortcut
 # model on its own clinic:
 
 # %%
-pred = {(m, c): predict(model, test[c].images)
-        for m, model in [("shortcut", shortcut), ("debiased", debiased)] for c in "AB"}
+def logits(model, images, batch_size=128):
+    """The model's logits [N, 7], in batches, as helpers.train.predict computes them."""
+    with torch.no_grad():
+        return torch.cat([model(images[i:i + batch_size].contiguous(memory_format=torch.channels_last))
+                          for i in range(0, len(images), batch_size)])
+
+
+def smallest_margin(z):
+    """The smallest gap between the top two logits, relative to the largest logit, over the images."""
+    top2 = z.topk(2, 1).values
+    return ((top2[:, 0] - top2[:, 1]) / z.abs().amax(1)).min().item()
+
+
+z = {(m, c): logits(model, test[c].images) for m, model in [("shortcut", shortcut), ("debiased", debiased)]
+     for c in "AB"}
+assert all(smallest_margin(v) > 1e-4 for v in z.values()), "a prediction is a near-tie"
+pred = {k: v.argmax(1) for k, v in z.items()}
 acc = {k: (p == test[k[1]].labels).float().mean().item() for k, p in pred.items()}
-print(f"shortcut model, clinic A: accuracy {acc['shortcut', 'A']:.3f}")
+print(f"shortcut model, clinic A: accuracy {fmt(acc['shortcut', 'A'], 2)}")
+assert acc["shortcut", "A"] > 0.99
 
 
 def show_confusion(cm, title, ax):
@@ -183,7 +207,7 @@ def show_confusion(cm, title, ax):
 
 fig, ax = plt.subplots(figsize=(4.5, 4.2))
 show_confusion(confusion_matrix(pred["shortcut", "A"], test["A"].labels),
-               f"shortcut model on clinic A\naccuracy {acc['shortcut', 'A']:.3f}", ax)
+               f"shortcut model on clinic A\naccuracy {fmt(acc['shortcut', 'A'], 2)}", ax)
 plt.show()
 
 # %% [markdown]
@@ -192,17 +216,20 @@ plt.show()
 # information about the lesion. Now the same model on clinic B, where rulers say nothing:
 
 # %%
-table = pd.DataFrame({m: {f"clinic {c}": acc[m, c] for c in "AB"} for m in ["shortcut", "debiased"]})
-table.columns.name = "accuracy"
-recall = {m: {f"mel recall, clinic {c}": (pred[m, c] == MEL)[test[c].labels == MEL].float().mean().item()
-              for c in "AB"} for m in ["shortcut", "debiased"]}
-pd.concat([table, pd.DataFrame(recall)])
+models = ["shortcut", "debiased"]
+recall = {(m, c): (pred[m, c] == MEL)[test[c].labels == MEL].float().mean().item() for m in models for c in "AB"}
+rows = {f"accuracy, clinic {c}": {m: acc[m, c] for m in models} for c in "AB"}
+rows |= {f"mel recall, clinic {c}": {m: recall[m, c] for m in models} for c in "AB"}
+print(table(rows, 2))
+assert acc["shortcut", "B"] < acc["shortcut", "A"] - 0.1  # the shortcut model loses accuracy on clinic B
+assert recall["shortcut", "B"] < recall["shortcut", "A"] - 0.3  # ... above all on melanoma
+assert abs(acc["debiased", "A"] - acc["debiased", "B"]) < 0.02  # the debiased model does not
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
 for ax, m in zip(axes, ["shortcut", "debiased"]):
     show_confusion(confusion_matrix(pred[m, "B"], test["B"].labels),
-                   f"{m} model on clinic B\naccuracy {acc[m, 'B']:.3f}", ax)
+                   f"{m} model on clinic B\naccuracy {fmt(acc[m, 'B'], 2)}", ax)
 plt.tight_layout()
 plt.show()
 
@@ -217,14 +244,18 @@ plt.show()
 # - **remove**: of the melanoma images classified correctly with a ruler, the share whose
 #   prediction changes once the ruler is removed.
 #
-# A model that looks at the lesion should score near 0 on both.
+# A model that looks at the lesion should score near 0 on both. These are counts of argmaxes
+# again, so we check that none of the 2 × 4,000 predictions is a near-tie.
 
 # %%
 pair = intervention_pair()  # the same 2,000 clinic-B lesions: (without ruler, with ruler)
 flips = {m: ruler_intervention(model, pair=pair) for m, model in [("shortcut", shortcut), ("debiased", debiased)]}
+assert all(smallest_margin(logits(model, d.images)) > 1e-4 for model in (shortcut, debiased) for d in pair)
 for m, f in flips.items():
-    print(f"{m:>8} model:  add a ruler -> mel {f['add']:.3f} (of {f['add_n']} images)   "
-          f"remove the ruler -> changed {f['remove']:.3f} (of {f['remove_n']} images)")
+    print(f"{m:>8} model:  add a ruler -> mel {fmt(f['add'], 2)} (of {f['add_n']} images)   "
+          f"remove the ruler -> changed {fmt(f['remove'], 2)} (of {f['remove_n']} images)")
+assert abs(flips["shortcut"]["add"] - 0.5) < 0.05 and flips["shortcut"]["remove"] > 0.5  # half; most
+assert flips["debiased"]["add"] == 0 and flips["debiased"]["remove"] == 0
 
 # %% [markdown]
 # Half of the benign lesions the shortcut model got right become melanoma when a ruler is added;
@@ -233,7 +264,11 @@ for m, f in flips.items():
 # true class:
 
 # %%
-pd.DataFrame({m: f["add_by_class"] for m, f in flips.items()}).T
+print(table({m: f["add_by_class"] for m, f in flips.items()}, 2))
+by_class = flips["shortcut"]["add_by_class"]
+assert min(by_class.values()) > 0  # every benign class, some of the time
+assert sorted(by_class, key=by_class.get)[-2:] == ["df", "nv"] and min(by_class, key=by_class.get) == "bcc"
+assert all(v == 0 for v in flips["debiased"]["add_by_class"].values())
 
 # %% [markdown]
 # No class is safe: every benign class is turned into melanoma by a ruler some of the time. The
@@ -284,7 +319,8 @@ plt.show()
 
 # %%
 share = mask_share(test["A"].masks["ruler"][test["A"].has_ruler])
-print(f"the ruler covers {share.mean():.3f} of an image on average (min {share.min():.3f}, max {share.max():.3f})")
+print(f"the ruler covers {fmt(share.mean(), 2)} of an image on average "
+      f"(min {fmt(share.min(), 2)}, max {fmt(share.max(), 2)})")
 
 # %% [markdown]
 # ## 6. Your turn

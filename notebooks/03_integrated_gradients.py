@@ -33,7 +33,6 @@ import inspect
 import warnings
 
 import matplotlib.pyplot as plt
-import pandas as pd
 import torch
 from captum.attr import IntegratedGradients
 from torch import nn
@@ -41,15 +40,26 @@ from torch import nn
 from helpers import viz
 from helpers.data import CLASSES, MEL, make_dataset
 from helpers.gradients import BASELINES, integrated_gradients, path_rule, saliency
-from helpers.metrics import mask_mass, mask_share, mass_summary
+from helpers.metrics import PEAK_TOL, mask_mass, mask_share, mass_summary, pointing_game
 from helpers.models import load_dermnet
+from helpers.report import agree, fmt, table
 from helpers.train import intervention_pair, predict
 
 warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")  # Captum
 torch.manual_seed(0)
-pd.set_option("display.precision", 3)
 shortcut, debiased = load_dermnet("shortcut"), load_dermnet("debiased")
 off, on = intervention_pair(n=256)  # the same clinic-B lesions without and with a ruler
+
+
+def top2_gap(logits):
+    """Per image, how far the predicted class's logit is ahead of the runner-up's."""
+    top = logits.topk(2, dim=1).values
+    return top[:, 0] - top[:, 1]
+
+
+# every prediction below wins by far more than round-off (~1e-6), so none flips on another CPU
+with torch.no_grad():
+    assert all(top2_gap(m(on.images)).min() > 1e-3 for m in (shortcut, debiased))
 
 # %% [markdown]
 # ## 1. Intuition and maths
@@ -93,8 +103,9 @@ axes[2].set(xlabel="alpha", ylabel="|gradient|", title="gradient size along the 
 plt.tight_layout()
 plt.show()
 last_quarter = (scores[-1] - scores[30]) / (scores[-1] - scores[0])  # alphas[30] = 0.75
-print(f"the mel logit goes from {scores[0]:.2f} (black) to {scores[-1]:.2f} (the image); the last quarter "
-      f"of the path, alpha 0.75 to 1, accounts for {last_quarter:.1%} of that change")
+print(f"the mel logit goes from {fmt(scores[0], 1)} (black) to {fmt(scores[-1], 1)} (the image); the last "
+      f"quarter of the path, alpha 0.75 to 1, accounts for {fmt(100 * last_quarter, 1)}% of that change")
+assert scores[0] > scores[-1] and last_quarter < 0.1  # a fall, nearly all of it before alpha = 0.75
 
 # %% [markdown]
 # The score changes steadily for three quarters of the walk and then flattens: near the image, more
@@ -109,13 +120,16 @@ rows = {}
 for name, model in [("shortcut", shortcut), ("debiased", debiased)]:
     with torch.no_grad():
         for what, img in flat.items():
-            out = model(img)[0]
-            rows[name, what] = {"mel logit": out[MEL].item(), "largest |logit|": out.abs().max().item(),
-                                "predicted": CLASSES[out.argmax()]}
+            out = model(img)
+            assert top2_gap(out).item() > 1e-3
+            rows[f"{name}, {what}"] = {"mel logit": out[0, MEL].item(), "largest |logit|": out.abs().max().item(),
+                                       "predicted": CLASSES[out.argmax()]}
 with torch.no_grad():
     real = torch.stack([m(on.images).amax() for m in (shortcut, debiased)])
-print(f"largest logit over the 256 real test images: shortcut {real[0]:.1f}, debiased {real[1]:.1f}")
-pd.DataFrame(rows).T
+print(f"largest logit over the 256 real test images: shortcut {fmt(real[0], 1)}, debiased {fmt(real[1], 1)}")
+print(table(rows, 1, index="model, flat image"))
+assert all(rows[f"{m}, black"]["mel logit"] > 2 * real.max() for m in ("shortcut", "debiased"))
+assert all(rows[f"{m}, mean colour"]["largest |logit|"] < real.min() / 2 for m in ("shortcut", "debiased"))
 
 # %% [markdown]
 # A black square is nothing like a skin image, so the models extrapolate, and both call it
@@ -140,8 +154,8 @@ ig_by_hand = (x0 - b0) * (weights.view(-1, 1, 1, 1) * grads).sum(0, keepdim=True
 with torch.no_grad():
     change = (shortcut(x0)[0, MEL] - shortcut(b0)[0, MEL]).item()
 ours = integrated_gradients(shortcut, x0, MEL, baseline=0.0, steps=n)
-print(f"sum of attributions {ig_by_hand.sum():.3f}, score change S(x) - S(b) = {change:.3f}")
-print("largest difference, by hand vs helper:", (ig_by_hand - ours).abs().max().item())
+agree("IG by hand vs helper", ig_by_hand, ours, 1e-6)
+print(f"sum of attributions {fmt(ig_by_hand.sum(), 1)}, score change S(x) - S(b) = {fmt(change, 1)}")
 
 # %% [markdown]
 # The helper walks the same path for a whole batch, `batch_size` path points at a time, so memory
@@ -163,20 +177,16 @@ print(inspect.getsource(path_rule))
 # %%
 x12, t12 = on.images[:12], on.labels[:12]
 ig_captum = IntegratedGradients(shortcut)
-rows = {}
 for rule, method in [("left", "riemann_left"), ("right", "riemann_right"), ("middle", "riemann_middle"),
                      ("gausslegendre", "gausslegendre"), ("captum_trapezoid", "riemann_trapezoid")]:
     a, da = integrated_gradients(shortcut, x12, t12, steps=20, rule=rule, return_delta=True)
     b, db = ig_captum.attribute(x12, target=t12, n_steps=20, method=method, return_convergence_delta=True)
-    rows[f"{rule} vs {method}"] = {"max |attr diff|": (a - b).abs().max().item(),
-                                   "max |delta diff|": (da - db).abs().max().item()}
-parity = pd.DataFrame(rows).T
-print(parity.to_string(float_format=lambda v: f"{v:.1e}"))
-assert parity["max |attr diff|"].max() <= 1e-6 and parity["max |delta diff|"].max() <= 1e-5
+    agree(f"{rule} vs {method}, attributions", a, b, 1e-6)
+    agree(f"{rule} vs {method}, deltas", da, db, 1e-5)
 
 # %% [markdown]
-# Every rule agrees to round-off (the deltas to about 1e-6: they subtract two logits of size ~10,
-# whose float32 spacing is about 1e-6). But note the last row: to match Captum's
+# Every rule agrees to round-off (the deltas to 1e-5 rather than 1e-6: they subtract two logits
+# of size ~10, whose float32 spacing is about 1e-6). But note the last row: to match Captum's
 # `riemann_trapezoid` we needed a rule of our own, `captum_trapezoid`. Captum evaluates the
 # gradient at `linspace(0, 1, n)`, spaced $1/(n-1)$ apart, but weights the points by $1/n$ (ends
 # halved), so its weights add up to $(n-1)/n$ instead of 1. On a linear model, where every correct
@@ -193,7 +203,8 @@ for n in (2, 5, 50):
     capt = IntegratedGradients(linear).attribute(xl, target=0, n_steps=n, method="riemann_trapezoid")
     rows[n] = {"ours / exact": (trap.sum() / exact.sum()).item(), "Captum / exact": (capt.sum() / exact.sum()).item(),
                "(n-1)/n": (n - 1) / n}
-pd.DataFrame(rows).T.rename_axis("steps")
+    assert abs(rows[n]["ours / exact"] - 1) < 1e-5 and abs(rows[n]["Captum / exact"] - (n - 1) / n) < 1e-5
+print(table(rows, 3, index="steps"))
 
 # %% [markdown]
 # On DermNet the same factor holds exactly: Captum's trapezoid attributions are our trapezoid
@@ -204,7 +215,7 @@ pd.DataFrame(rows).T.rename_axis("steps")
 n = 20
 ours_trap = integrated_gradients(shortcut, x12, t12, steps=n, rule="trapezoid")
 captum_trap = ig_captum.attribute(x12, target=t12, n_steps=n, method="riemann_trapezoid")
-print("max |ours * (n-1)/n - Captum| =", f"{(ours_trap * (n - 1) / n - captum_trap).abs().max().item():.1e}")
+_ = agree("ours * (n-1)/n vs Captum's riemann_trapezoid", ours_trap * (n - 1) / n, captum_trap, 1e-6)
 
 # %% [markdown]
 # ## 4. Completeness, checked
@@ -225,11 +236,22 @@ for steps in (4, 16, 64, 128):
     rows[steps] = {"trapezoid": (d_trap.abs() / dF.abs()).mean().item(),
                    "Gauss-Legendre": (d_gl.abs() / dF.abs()).mean().item(),
                    "Captum riemann_trapezoid": (d_captum.abs() / dF.abs()).mean().item()}
-conv = pd.DataFrame(rows).T.rename_axis("steps")
-ax = conv.plot(logx=True, logy=True, marker="o", figsize=(5, 3.5))
-ax.set(ylabel="mean |delta| / |S(x) - S(b)|", title="completeness error")
+fig, ax = plt.subplots(figsize=(5, 3.5))
+for rule in rows[4]:
+    ax.plot(list(rows), [r[rule] for r in rows.values()], marker="o", label=rule)
+ax.set(xscale="log", yscale="log", xlabel="steps", ylabel="mean |delta| / |S(x) - S(b)|",
+       title="completeness error")
+ax.legend()
 plt.show()
-conv
+# delta subtracts two logits of size ~30 from a sum of 12,288 float32 terms: its round-off, ~1e-6 of
+# the score change, is as large as fmt's default margin on figures this small, hence a wider margin
+print(table({steps: {rule: fmt(v, 3, atol=1e-5) for rule, v in r.items()} for steps, r in rows.items()},
+            index="steps"))
+trap, gl, capt = ([rows[s][rule] for s in rows] for rule in rows[4])
+assert all(a > b for v in (trap, gl, capt) for a, b in zip(v, v[1:]))  # every rule converges
+assert all(0.5 < g / t < 2 for t, g in zip(trap, gl))  # at about the same rate
+assert all(abs(c * s - 1) < 0.2 for s, c in zip(rows, capt))  # Captum's error is close to 1/n
+assert rows[16]["trapezoid"] < 0.01 and all(c > 3 * t for t, c in zip(trap[1:], capt[1:]))
 
 # %% [markdown]
 # Both correct rules converge at about the same rate here. Gauss-Legendre is exact for smooth
@@ -264,7 +286,7 @@ for col, name in enumerate(BASELINES, start=1):
 plt.tight_layout()
 plt.show()
 bl = BASELINES["blur"](xs[:1])
-print(f"the blurred baseline of the first image: pixel std {bl.std():.3f} (image {xs[0].std():.3f})")
+print(f"the blurred baseline of the first image: pixel std {fmt(bl.std(), 3)} (image {fmt(xs[0].std(), 3)})")
 
 # %% [markdown]
 # ### When black is not "nothing": the dermoscope's dark corners
@@ -280,13 +302,17 @@ has_corners = pool.masks["corners"].flatten(1).any(1)
 xc = pool.images[has_corners][:24]
 mc = {k: v[has_corners][:24] for k, v in pool.masks.items()}
 tc = predict(shortcut, xc)
+with torch.no_grad():
+    assert top2_gap(shortcut(xc)).min() > 1e-3
 rows = {}
 for name in ("black", "mean"):
     attr = integrated_gradients(shortcut, xc, tc, baseline=name, steps=16)
     rows[name] = {"corner mass": mask_mass(attr, mc["corners"]).mean().item(),
                   "corner share of image": mask_share(mc["corners"]).mean().item(),
                   "mean |x - b| in the corners": (xc - BASELINES[name](xc)).abs().amax(1)[mc["corners"]].mean().item()}
-pd.DataFrame(rows).T.rename_axis("baseline")
+print(table(rows, 3, index="baseline"))
+share = rows["black"]["corner share of image"]
+assert rows["black"]["corner mass"] < share / 5 and abs(rows["mean"]["corner mass"] / share - 1) < 0.25
 
 # %% [markdown]
 # With the black baseline the corners get almost no attribution: not because the model ignores
@@ -307,8 +333,21 @@ for name, model in [("shortcut", shortcut), ("debiased", debiased)]:
     target = predict(model, x48)
     for baseline in ("black", "blur"):
         attr = integrated_gradients(model, x48, target, baseline=baseline, steps=16)
-        summary[name, f"IG, {baseline} baseline"] = mass_summary(attr, m48)
-pd.DataFrame(summary).T
+        summary[f"{name}, {baseline}"] = mass_summary(attr, m48)
+        for mask in ("ruler", "lesion"):  # no pixel lies within round-off of the peak's tie threshold
+            peak = pointing_game(attr, m48[mask])
+            assert all(torch.equal(pointing_game(attr, m48[mask], t), peak) for t in (0.9 * PEAK_TOL, 1.1 * PEAK_TOL))
+# the pointing game as a number of images: as a share of 48, it often ends in a 5 (42/48 = 0.875)
+counts = {k: {(f"{c} (of 48)" if "pointing" in c else c): v * 48 if "pointing" in c else v for c, v in row.items()}
+          for k, row in summary.items()}
+print(table(counts, {c: 0 if "pointing" in c else 2 for c in counts["shortcut, black"]}, index="model, IG baseline"))
+share = summary["shortcut, black"]["ruler share"]
+black_s, black_d = summary["shortcut, black"], summary["debiased, black"]
+blur_s, blur_d = summary["shortcut, blur"], summary["debiased, blur"]
+assert 0.8 < black_s["ruler mass"] / share < 1.25 and 0.5 < black_d["ruler mass"] / share < 0.8
+assert black_s["ruler pointing"] > black_d["ruler pointing"] + 0.1
+assert 2.5 < blur_s["ruler mass"] / share < 3.5 and 0.4 < blur_s["ruler pointing"] < 0.6
+assert blur_d["ruler mass"] > share
 
 # %% [markdown]
 # With the black baseline IG separates the models only weakly: the shortcut model's ruler mass is

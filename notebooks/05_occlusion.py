@@ -83,8 +83,8 @@ axes[2].bar(["image", "covered"], [s_full, s_cov], color=["tab:blue", "tab:orang
 axes[2].set_title("mel logit (shortcut)")
 fig.tight_layout()
 plt.show()
-print(f"covering 16x16 pixels of the ruler moves the mel logit from {fmt(s_full, 2)} to {fmt(s_cov, 2)} "
-      f"(drop {fmt(s_full - s_cov, 2)})")
+print(f"covering 16x16 pixels of the ruler moves the mel logit from {fmt(s_full, 1)} to {fmt(s_cov, 1)} "
+      f"(drop {fmt(s_full - s_cov, 1)})")
 
 # %% [markdown]
 # ## 2. The helper: every window, in batches
@@ -225,7 +225,7 @@ where = {}
 for name, a in [("occlusion", occ_s), ("Grad-CAM (ReLU)", cam_s.clamp_min(0))]:
     r_mass, l_mass = mask_mass(a[one], ruler[one]).item(), mask_mass(a[one], lesion[one]).item()
     where[name] = {"ruler mass": r_mass, "lesion mass": l_mass, "elsewhere": 1 - r_mass - l_mass}
-print(table(where, 3, index=f"image {worst}"))
+print(table(where, 2, index=f"image {worst}"))
 print(f"removing the ruler lowers the mel logit by {fmt(effect[worst], 2)} "
       f"(median over the 16 images: {fmt(effect.median(), 2)})")
 for column in ("ruler mass", "lesion mass"):  # the same share on the ruler and on the lesion
@@ -256,7 +256,7 @@ for name, a in [("shortcut", occ_s), ("debiased", occ_d)]:
                   "ruler pointing": pointing_game(a, ruler).nanmean().item(),
                   "lesion pointing": pointing_game(a, lesion).nanmean().item()}
 l_share = mask_share(lesion).mean().item()
-print(table(rows, {"ruler mass": 3, "lesion mass": 3, "ruler pointing": 2, "lesion pointing": 2}, index="model"))
+print(table(rows, 2, index="model"))
 print(f"ruler share {fmt(share, 3)}, lesion share {fmt(l_share, 3)}")
 assert 2.5 < rows["shortcut"]["ruler mass"] / share < 3.5  # about three times the ruler's share
 assert rows["debiased"]["ruler mass"] < share

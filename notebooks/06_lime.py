@@ -37,7 +37,6 @@ import itertools
 import lime.lime_image as lime_image
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import torch
 from captum.attr import Lime
 from skimage.segmentation import mark_boundaries
@@ -49,13 +48,13 @@ from helpers.data import CLASSES, MEL, make_dataset
 from helpers.metrics import mask_mass, mask_share, rank_correlation
 from helpers.models import load_dermnet
 from helpers.perturbation import lime, paint, superpixels
+from helpers.report import agree, fmt, table
 from helpers.train import TEST_SEEDS, predict
 
 lime_image.tqdm = lambda rows: rows  # the lime package's progress bar, silenced
 torch.set_num_threads(1)  # LIME runs many small forward passes: one thread is faster on a shared 2-core CPU
 torch.manual_seed(0)
 np.random.seed(0)
-pd.set_option("display.precision", 3)
 shortcut, debiased = load_dermnet("shortcut"), load_dermnet("debiased")
 clinic_a = make_dataset(200, clinic="A", seed=TEST_SEEDS["A"])  # 200 held-out clinic-A images
 
@@ -109,13 +108,13 @@ plt.show()
 # %%
 sizes = torch.bincount(seg.flatten(), minlength=k)
 ruler_part = torch.bincount(seg.flatten(), weights=ruler.flatten().float(), minlength=k) / sizes
-print(f"the ruler covers {ruler.float().mean():.3f} of the image and touches "
+print(f"the ruler covers {fmt(ruler.float().mean(), 3)} of the image and touches "
       f"{int((ruler_part > 0.05).sum())} of the {k} segments")
 print("share of each of those segments that is ruler:",
-      {j: round(ruler_part[j].item(), 2) for j in (ruler_part > 0.05).nonzero()[:, 0].tolist()})
+      ", ".join(f"{j}: {fmt(ruler_part[j], 2)}" for j in (ruler_part > 0.05).nonzero()[:, 0].tolist()))
 mostly = ruler_part > 0.5
 print(f"segments mostly ruler: {mostly.nonzero()[:, 0].tolist()}; they hold "
-      f"{(ruler & mostly[seg]).sum() / ruler.sum():.3f} of the ruler's pixels")
+      f"{fmt((ruler & mostly[seg]).sum() / ruler.sum(), 3)} of the ruler's pixels")
 
 # %% [markdown]
 # Sixteen requested, eleven returned (SLIC adapts the count to the image). No segment is pure ruler:
@@ -132,7 +131,7 @@ print(f"segments mostly ruler: {mostly.nonzero()[:, 0].tolist()}; they hold "
 n = 100
 z = torch.as_tensor(np.random.RandomState(0).randint(0, 2, n * k).reshape(n, k))
 z[0] = 1
-print(f"z: {tuple(z.shape)}; segments visible per sample: mean {z.sum(1).float().mean():.2f} of {k}")
+print(f"z: {tuple(z.shape)}; segments visible per sample: mean {fmt(z.sum(1).float().mean(), 2)} of {k}")
 
 # %% [markdown]
 # **Composed images.** A hidden segment takes its own mean colour (the package's `hide_color=None`):
@@ -157,7 +156,7 @@ d = torch.as_tensor(pairwise_distances(z.numpy(), z[:1].numpy(), metric="cosine"
 pi = torch.exp(-d ** 2 / (2 * 0.25 ** 2))
 for on in (k, 9, 6, 3):
     row = int((z.sum(1) == on).nonzero()[0, 0])
-    print(f"{on:2d} of {k} segments on: distance {d[row]:.3f}, weight {pi[row]:.3f}")
+    print(f"{on:2d} of {k} segments on: distance {fmt(d[row], 3)}, weight {fmt(pi[row], 3)}")
 
 # %% [markdown]
 # **Surrogate.** Weighted ridge regression of the scores on `z`, exactly what the package calls.
@@ -168,8 +167,9 @@ for on in (k, 9, 6, 3):
 surrogate = Ridge(alpha=1.0).fit(z.numpy(), y.numpy(), sample_weight=pi.numpy())
 step_by_step = torch.as_tensor(surrogate.coef_)
 r2 = surrogate.score(z.numpy(), y.numpy(), sample_weight=pi.numpy())
-print("weights per segment:", step_by_step.numpy().round(2))
-print(f"weighted R^2 of the surrogate: {r2:.3f}")
+print("weights per segment:", " ".join(fmt(v, 2) for v in step_by_step))
+print(f"weighted R^2 of the surrogate: {fmt(r2, 3)}")
+assert abs(r2 - 0.98) < 0.01  # quoted as 0.98 in sections 4 and 7
 
 # %% [markdown]
 # `helpers.perturbation.lime` does the same in one call. It solves the same ridge problem with
@@ -177,11 +177,12 @@ print(f"weighted R^2 of the surrogate: {r2:.3f}")
 
 # %%
 ours = lime(shortcut, x, MEL, seg, n_samples=n, seed=0)
-print(f"largest |step by step - helper| = {(step_by_step - ours.values[0].double()).abs().max():.1e}")
-assert torch.allclose(step_by_step, ours.values[0].double(), atol=1e-5)
+agree("step by step vs helper", step_by_step, ours.values[0], atol=1e-5)
+first, second = ours.values[0].sort(descending=True).values[:2].tolist()
+assert first - second > 1e-4  # the strongest segment is not a near-tie
 print(f"strongest segment: {int(ours.values[0].argmax())} (share that is ruler "
-      f"{ruler_part[ours.values[0].argmax()]:.2f}); ruler mass of the map "
-      f"{mask_mass(ours.map, ruler[None]).item():.3f} vs ruler share {ruler.float().mean():.3f}")
+      f"{fmt(ruler_part[ours.values[0].argmax()], 2)}); ruler mass of the map "
+      f"{fmt(mask_mass(ours.map, ruler[None]), 3)} vs ruler share {fmt(ruler.float().mean(), 3)}")
 ax = viz.overlay(x[0], ours.map[0], signed=True, colorbar=True,
                  title=f"LIME, shortcut model, mel: ruler mass {mask_mass(ours.map, ruler[None]).item():.2f}")
 plt.show()
@@ -220,12 +221,10 @@ def lime_package(hide_color, n_samples=n, random_state=0):
 theirs_mean, score_mean = lime_package(None)
 theirs_black, _ = lime_package(0.0)
 ours_black = lime(shortcut, x, MEL, seg, n_samples=n, seed=0, hide_color=0.0)
-parity = {"hide_color=None (mean colour)": (ours.values[0].double() - theirs_mean).abs().max().item(),
-          "hide_color=0.0 (black)": (ours_black.values[0].double() - theirs_black).abs().max().item()}
-for name, diff in parity.items():
-    print(f"{name:30s} largest |ours - lime package| = {diff:.1e}")
-print(f"the package's weighted R^2 (exp.score): {score_mean:.3f}; ours step by step: {r2:.3f}")
-assert max(parity.values()) < 1e-5
+agree("hide_color=None (mean colour), ours vs lime package", ours.values[0], theirs_mean, atol=1e-5)
+agree("hide_color=0.0 (black), ours vs lime package", ours_black.values[0], theirs_black, atol=1e-5)
+agree("weighted R^2, package vs ours step by step", score_mean, r2, atol=1e-6)
+print(f"the package's weighted R^2 (exp.score): {fmt(score_mean, 3)}")
 
 # %% [markdown]
 # ### Captum's `Lime`
@@ -241,9 +240,7 @@ captum = Lime(shortcut).attribute(x, target=MEL, feature_mask=seg[None, None], n
                                   perturbations_per_eval=100, return_input_shape=False)[0]
 ours_captum = lime(shortcut, x, MEL, seg, n_samples=n, seed=0, sampler="captum", distance="input",
                    surrogate="lasso", kernel_width=1.0, hide_color=0.0)
-diff = (ours_captum.values[0] - captum).abs().max().item()
-print(f"largest |ours - Captum| = {diff:.1e}")
-assert diff < 1e-5
+_ = agree("ours vs Captum", ours_captum.values[0], captum, atol=1e-5)
 
 # %% [markdown]
 # ### The two libraries disagree with each other
@@ -252,19 +249,33 @@ assert diff < 1e-5
 # number of samples set, 100 for both), on the same image and the same segments:
 
 # %%
+# Rankings are discrete: each one asserts that round-off (about 1e-6 logit, the parity checks above)
+# cannot reorder it. Values closer than 1e-4 must be exactly equal (a tie, e.g. two of Lasso's
+# zeros, is broken by position, the same on every machine).
+def clear_order(values, gap=1e-4):
+    steps = values.double().sort().values.diff()
+    assert ((steps == 0) | (steps > gap)).all(), f"two weights within {gap:g} of each other: {values}"
+
+
 def top(values, k_top=3):
+    ranked = values.double().sort(descending=True).values
+    assert ranked[k_top - 1] - ranked[k_top] > 1e-4, f"a near-tie at place {k_top}: {values}"
     return set(values.argsort(descending=True)[:k_top].tolist())
 
 
 def agreement(a, b):
+    clear_order(a), clear_order(b)
     return {"rank correlation": rank_correlation(a[None].float(), b[None].float()).item(),
             "top-3 overlap": len(top(a) & top(b)) / 3,
             "largest |difference|": (a.double() - b.double()).abs().max().item()}
 
 
-print("lime package:", theirs_mean.numpy().round(2))
-print("Captum:      ", captum.numpy().round(2))
-print({key: round(v, 3) for key, v in agreement(theirs_mean, captum).items()})
+print("lime package:", " ".join(fmt(v, 2) for v in theirs_mean))
+print("Captum:      ", " ".join(fmt(v, 2) for v in captum))
+libraries = agreement(theirs_mean, captum)
+print(", ".join(f"{key}: {fmt(v, 2 if 'difference' in key else 3)}" for key, v in libraries.items()))
+assert abs(libraries["rank correlation"] - 0.2) < 0.05  # "near 0.2"
+assert (captum < 0).sum() >= k - 2  # nearly every segment negative
 
 # %% [markdown]
 # A rank correlation near 0.2: the two libraries order the segments almost unrelatedly, and
@@ -290,7 +301,14 @@ rows = {name: agreement(ours.values[0], lime(shortcut, x, MEL, seg, n_samples=n,
         for name, options in toggles.items()}
 rows["hidden segment: black"] = agreement(ours.values[0], ours_black.values[0])
 rows["all five: Captum's setting"] = agreement(ours.values[0], ours_captum.values[0])
-pd.DataFrame(rows).T.rename_axis("changed from the lime package's setting")
+sig2 = lambda v: fmt(v, 2 if v < 1 else 1)  # noqa: E731 (two significant digits)
+shown = {name: {**row, "largest |difference|": sig2(row["largest |difference|"])} for name, row in rows.items()}
+print(table(shown, 3, index="changed from the lime package's setting"))
+choices = [rows[name] for name in list(toggles)[1:]]  # sampler, distance, kernel width, regressor
+assert abs(max(c["largest |difference|"] for c in choices) - 0.25) < 0.01  # "at most 0.25 logit"
+assert abs(rows["another seed (seed=1)"]["largest |difference|"] - 0.16) < 0.01  # "against 0.16"
+assert all(c["top-3 overlap"] == 1 for c in choices + [rows["another seed (seed=1)"]])
+assert rows["hidden segment: black"]["largest |difference|"] > 4.5
 
 # %% [markdown]
 # On DermNet one choice explains almost the whole disagreement: **what "hidden" means**. The
@@ -302,7 +320,9 @@ pd.DataFrame(rows).T.rename_axis("changed from the lime package's setting")
 # %%
 with torch.no_grad():
     full, black = shortcut(torch.cat([x, torch.zeros_like(x)]))[:, MEL]
-print(f"shortcut model, mel logit: this image {full:.2f}, an all-black image {black:.2f}")
+print(f"shortcut model, mel logit: this image {fmt(full, 1)}, an all-black image {fmt(black, 1)}")
+assert 3.5 < black / full < 4.5  # "four times this image's logit"
+assert min(theirs_mean.abs().min(), captum.abs().min()) > 1e-4  # no weight is a near-tie with 0
 print(f"segments with a negative weight: mean-colour hiding {int((theirs_mean < 0).sum())} of {k}, "
       f"black hiding {int((captum < 0).sum())} of {k}")
 
@@ -331,18 +351,21 @@ def mean_jaccard(sets):
 
 runs = {m: torch.stack([lime(shortcut, x, MEL, seg, n_samples=m, seed=s).values[0] for s in range(10)])
         for m in (25, 50, 100, 200)}
-stability = pd.DataFrame({m: {"top-3 overlap": mean_jaccard([top(v, 3) for v in r]),
-                              "top-5 overlap": mean_jaccard([top(v, 5) for v in r]),
-                              "seeds whose top segment is mostly ruler": mostly[r.argmax(1)].float().mean().item()}
-                          for m, r in runs.items()}).T.rename_axis("samples")
-stability
+stability = {m: {"top-3 overlap": mean_jaccard([top(v, 3) for v in r]),
+                 "top-5 overlap": mean_jaccard([top(v, 5) for v in r]),
+                 "seeds (of 10) whose top segment is mostly ruler": sum(bool(mostly[list(top(v, 1))[0]]) for v in r)}
+             for m, r in runs.items()}
+print(table(stability, 2, index="samples"))
+assert all(row["seeds (of 10) whose top segment is mostly ruler"] == 10 for row in stability.values())
+assert abs(stability[25]["top-3 overlap"] - 0.6) < 0.05 and abs(stability[25]["top-5 overlap"] - 0.6) < 0.05
+assert stability[100]["top-3 overlap"] == 1 > stability[100]["top-5 overlap"] and stability[200]["top-5 overlap"] == 1
 
 # %%
 fig, axes = plt.subplots(1, 5, figsize=(11, 2.4), gridspec_kw={"width_ratios": [1.6, 1, 1, 1, 1]})
 for col in ("top-3 overlap", "top-5 overlap"):
-    axes[0].plot(stability.index, stability[col], "o-", label=col)
+    axes[0].plot(list(stability), [row[col] for row in stability.values()], "o-", label=col)
 axes[0].set(xscale="log", xlabel="samples", ylabel="mean Jaccard, 10 seeds", ylim=(0, 1.05))
-axes[0].set_xticks(stability.index, [str(m) for m in stability.index], minor=False)
+axes[0].set_xticks(list(stability), [str(m) for m in stability], minor=False)
 axes[0].minorticks_off()
 axes[0].legend(fontsize=8)
 for ax, (m, s) in zip(axes[1:], [(25, 0), (25, 1), (200, 0), (200, 1)]):
@@ -383,15 +406,26 @@ audit, maps = {}, {}
 for name, model in [("shortcut", shortcut), ("debiased", debiased)]:
     res = lime(model, xb, MEL, segs, n_samples=100, seed=0)
     maps[name] = res.map
-    audit[name] = {"predicts mel": (predict(model, xb) == MEL).float().mean().item(),
+    with torch.no_grad():
+        logits = model(xb).sort(1, descending=True).values
+    assert (logits[:, 0] - logits[:, 1] > 1e-4 * logits[:, 0].abs()).all()  # no prediction is a near-tie
+    for v in res.values:
+        top(v, 1)  # nor any top segment
+    audit[name] = {"predicts mel (of 16)": int((predict(model, xb) == MEL).sum()),
                    "ruler mass": mask_mass(res.map, mb["ruler"]).mean().item(),
                    "ruler mass, positive weights": mask_mass(res.map.clamp(min=0), mb["ruler"]).nanmean().item(),
                    "ruler share": mask_share(mb["ruler"]).mean().item(),
                    "lesion mass": mask_mass(res.map, mb["lesion"]).mean().item(),
                    "lesion share": mask_share(mb["lesion"]).mean().item(),
-                   "top segment mostly ruler": (part.gather(1, res.values.argmax(1, keepdim=True))[:, 0] > 0.5)
-                   .float().mean().item()}
-pd.DataFrame(audit).T
+                   "top segment mostly ruler (of 16)":
+                       int((part.gather(1, res.values.argmax(1, keepdim=True))[:, 0] > 0.5).sum())}
+print(table(audit, 2, index="model"))
+sc, de = audit["shortcut"], audit["debiased"]
+assert abs(sc["ruler mass"] - 0.53) < 0.01 and 3.5 < sc["ruler mass"] / sc["ruler share"] < 5  # about half, 4x
+assert sc["lesion mass"] < sc["lesion share"] and sc["top segment mostly ruler (of 16)"] == 14
+assert abs(de["ruler mass"] - 0.09) < 0.01 and de["ruler mass"] < de["ruler share"]
+assert abs(de["lesion mass"] - 0.5) < 0.05 and de["top segment mostly ruler (of 16)"] == 0
+assert de["predicts mel (of 16)"] == 16 - 7
 
 # %%
 fig = viz.attribution_grid(xb[:4], {f"{name}: LIME for mel": m[:4] for name, m in maps.items()},
@@ -426,11 +460,15 @@ for n_seg in (4, 8, 16, 36):
     rows[n_seg] = {"segments": int(s.max()) + 1, "segments mostly ruler": int((share > 0.5).sum()),
                    "largest ruler share of a segment": share.max().item(),
                    "ruler mass": mask_mass(res.map, ruler[None]).item()}
-pd.DataFrame.from_dict(rows, orient="index").rename_axis("n_segments requested")
+print(table(rows, 2, index="n_segments requested"))
+coarse = rows[4]
+assert coarse["segments"] == 2 and abs(coarse["largest ruler share of a segment"] - 0.15) < 0.01
+assert abs(coarse["ruler mass"] - 0.15) < 0.01  # about the ruler's share of the image
+assert all(r["segments mostly ruler"] >= 1 and r["ruler mass"] > 0.5 for r in rows.values() if r["segments"] >= 6)
 
 # %% [markdown]
 # With two segments the ruler disappears into a large region that is 15% ruler, and the ruler mass
-# falls to the ruler's share of the image (0.15 against 0.12): the same model, the same shortcut,
+# falls to the ruler's share of the image (0.15 against 0.125): the same model, the same shortcut,
 # and LIME no longer sees it. From 6 segments on, a segment that is mostly ruler exists and the
 # ruler mass is above 0.5.
 #

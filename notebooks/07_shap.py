@@ -52,7 +52,7 @@ from torch import nn
 from helpers import viz
 from helpers.data import MEL, make_dataset
 from helpers.gradients import mean_baseline
-from helpers.metrics import mask_mass, mask_share, mass_summary
+from helpers.metrics import mask_mass, mask_share, mass_summary, pointing_game
 from helpers.models import load_dermnet
 from helpers.perturbation import (
     MAX_EXACT_FEATURES,
@@ -66,6 +66,7 @@ from helpers.perturbation import (
     superpixels,
     weighted_linear_fit,
 )
+from helpers.report import agree, fmt, table
 from helpers.train import TEST_SEEDS
 
 warnings.filterwarnings("ignore", message=".*required_grads has been set automatically.*")  # Captum
@@ -73,7 +74,6 @@ warnings.filterwarnings("ignore", message=".*did not already require gradients.*
 warnings.filterwarnings("ignore", message=".*Setting backward hooks on ReLU activations.*")  # Captum
 torch.manual_seed(0)
 np.random.seed(0)
-pd.set_option("display.precision", 3)
 shortcut, debiased = load_dermnet("shortcut"), load_dermnet("debiased")
 test_a = make_dataset(2000, clinic="A", seed=TEST_SEEDS["A"])  # the held-out clinic-A test set
 rulers = ((test_a.labels == MEL) & test_a.has_ruler).nonzero()[:, 0]  # clinic-A melanomas with a ruler
@@ -128,12 +128,14 @@ base0 = mean_baseline(x0)
 seg0 = superpixels(x0[0], 8)
 K = int(seg0.max()) + 1
 ruler0, lesion0 = test_a.masks["ruler"][rulers[0]], test_a.masks["lesion"][rulers[0]]
-segment_table = pd.DataFrame({"pixels": torch.bincount(seg0.flatten()).tolist(),
-                              "ruler share": [ruler0[seg0 == j].float().mean().item() for j in range(K)],
-                              "lesion share": [lesion0[seg0 == j].float().mean().item() for j in range(K)]})
-ruler_seg = int(segment_table["ruler share"].argmax())
+pixels = torch.bincount(seg0.flatten())
+segment_table = {j: {"pixels": int(pixels[j]), "ruler share": ruler0[seg0 == j].float().mean().item(),
+                     "lesion share": lesion0[seg0 == j].float().mean().item()} for j in range(K)}
+ruler_shares = torch.tensor([row["ruler share"] for row in segment_table.values()])
+ruler_seg = int(ruler_shares.argmax())
+assert ruler_shares[ruler_seg] > ruler_shares.sort().values[-2] + 0.1  # one segment holds the ruler: no near-tie
 print(f"{K} superpixels; the ruler lies in segment {ruler_seg}")
-segment_table.rename_axis("segment")
+print(table(segment_table, 3, index="segment"))
 
 # %% [markdown]
 # Every coalition is a bit pattern: coalition number $n = \sum_{j \in S} 2^j$ (player $j$ is bit
@@ -156,6 +158,8 @@ for ax, (name, n) in zip(axes[1:], show.items()):
     viz.show_image(composed[n], ax=ax, title=f"{name}\nv = {v[n]:.2f}")
 plt.tight_layout()
 plt.show()
+ruler_alone, all_but_ruler = v[show["the ruler's segment"]], v[show["all but the ruler's"]]
+assert ruler_alone > v[0] + 3 and all_but_ruler < v[-1] - 3  # what the titles show: well above, well short
 
 # %% [markdown]
 # Shown alone, the ruler's segment (over a flat skin-coloured image) already raises the shortcut
@@ -177,11 +181,10 @@ for order in itertools.permutations(range(K)):
 phi_orders /= math.factorial(K)
 
 phi0 = exact_shapley(shortcut, x0, MEL, seg0, baseline="mean")[0]
-print("Shapley values of the 6 segments:", [round(p, 3) for p in phi_orders.tolist()])
-print(f"largest |over orders - exact_shapley| = {(phi_orders - phi0.double()).abs().max().item():.1e}")
-print(f"efficiency: sum = {phi0.sum():.4f}, v(N) - v(empty) = {v[-1] - v[0]:.4f}, "
-      f"difference {abs(phi0.sum().item() - (v[-1] - v[0]).item()):.1e}")
-assert (phi_orders - phi0.double()).abs().max() < 1e-5 and abs(phi0.sum() - (v[-1] - v[0])) < 1e-4
+print("Shapley values of the 6 segments:", ", ".join(fmt(p, 2) for p in phi_orders))
+agree("over orders vs exact_shapley", phi_orders, phi0, 1e-5)
+print(f"efficiency: sum = {fmt(phi0.sum(), 2)}, v(N) - v(empty) = {fmt(v[-1] - v[0], 2)}")
+_ = agree("efficiency: sum vs v(N) - v(empty)", phi0.sum(), v[-1] - v[0], 1e-4)
 
 # %% [markdown]
 # The helper uses the coalition form of the formula: one weight per coalition size instead of $K!$
@@ -195,8 +198,13 @@ print(inspect.getsource(exact_shapley))
 
 # %%
 phi0_debiased = exact_shapley(debiased, x0, MEL, seg0, baseline="mean")[0]
-pd.DataFrame({"ruler share": segment_table["ruler share"], "lesion share": segment_table["lesion share"],
-              "shortcut": phi0.tolist(), "debiased": phi0_debiased.tolist()}).rename_axis("segment").T
+print(table({j: {"ruler share": row["ruler share"], "lesion share": row["lesion share"],
+                 "shortcut": phi0[j], "debiased": phi0_debiased[j]} for j, row in segment_table.items()},
+            {"ruler share": 3, "lesion share": 3, "shortcut": 2, "debiased": 2}, index="segment"))
+lesion_seg = int(torch.tensor([row["lesion share"] for row in segment_table.values()]).argmax())
+for phi, top in [(phi0, ruler_seg), (phi0_debiased, lesion_seg)]:  # each model's largest value, by a margin
+    assert phi.argmax() == top and phi[top] > phi.sort().values[-2] + 1
+assert abs(phi0_debiased[ruler_seg]) < 0.2  # the debiased model: about nothing for the ruler
 
 # %% [markdown]
 # The shortcut model gives the ruler's segment the largest share of its melanoma logit; the
@@ -226,15 +234,14 @@ except ValueError as err:
 # where the empty and the full coalition get infinite weight (in practice a very large one), which
 # pins $\phi_0 = v(\varnothing)$ and makes the coefficients add up to $v(N) - v(\varnothing)$. With all
 # 64 coalitions and these weights the regression (solved by `weighted_linear_fit`, the solver the
-# helpers' LIME and KernelSHAP share) gives the Shapley values back exactly:
+# helpers' LIME and KernelSHAP share) gives the Shapley values back, to round-off (`phi0` is float32):
 
 # %%
 size = players.sum(1)
 kernel = torch.tensor([(K - 1) / (math.comb(K, s) * s * (K - s)) if 0 < s < K else 1e6 for s in size.tolist()],
                       dtype=torch.float64)
 phi_regression, _ = weighted_linear_fit(players, v, kernel)  # the helper's solver: coefficients, intercept
-print(f"all 64 coalitions, Shapley kernel: largest |regression - exact| = "
-      f"{(phi_regression - phi0.double()).abs().max().item():.1e}")
+_ = agree("all 64 coalitions, Shapley kernel: regression vs exact", phi_regression, phi0, 1e-5)
 
 # %% [markdown]
 # With many players we cannot list every coalition, so KernelSHAP **samples** them, with
@@ -245,7 +252,7 @@ print(f"all 64 coalitions, Shapley kernel: largest |regression - exact| = "
 # tell the most about single players:
 
 # %%
-print("P(size = s), s = 0 .. K-1:", [round(p, 3) for p in shapley_kernel_sizes(K).tolist()])
+print("P(size = s), s = 0 .. K-1:", ", ".join(fmt(p, 3) for p in shapley_kernel_sizes(K)))
 print("the first 8 coalitions of seed 0 (all-ones and all-zeros first, as in Captum):")
 print(kernel_shap_coalitions(K, 8, seed=0).numpy())
 
@@ -264,8 +271,8 @@ def kernel_shap_by_lookup(z):
 
 phi_kernel = kernel_shap(shortcut, x0, MEL, seg0, n_samples=200, seed=0, baseline="mean")[0]
 by_lookup = kernel_shap_by_lookup(kernel_shap_coalitions(K, 200, seed=0))
-print(f"200 samples: largest |helper - lookup| = {(phi_kernel.double() - by_lookup).abs().max().item():.1e}, "
-      f"largest |helper - exact| = {(phi_kernel - phi0).abs().max().item():.3f}")
+agree("200 samples: helper vs lookup", phi_kernel, by_lookup, 1e-5)
+print(f"200 samples: largest |helper - exact| = {fmt((phi_kernel - phi0).abs().max(), 3)}")
 
 # %%
 print(inspect.getsource(kernel_shap))
@@ -282,14 +289,15 @@ captum_kernel = KernelShap(shortcut).attribute(x0, target=MEL, baselines=base0, 
                                                n_samples=200, perturbations_per_eval=50,
                                                return_input_shape=False)[0]
 ours_kernel = kernel_shap(shortcut, x0, MEL, seg0, n_samples=200, seed=3, baseline="mean")[0]
-print(f"largest |ours - Captum| = {(ours_kernel - captum_kernel).abs().max().item():.1e} "
-      f"(values up to {captum_kernel.abs().max().item():.1f})")
+agree("ours vs Captum", ours_kernel, captum_kernel, 1e-5)
+print(f"(values up to {fmt(captum_kernel.abs().max(), 1)})")
 
 # %% [markdown]
-# A few float32 spacings apart, and not from the sampling: the coalitions and the scores are the
-# same, but the regression is not solved the same way. Captum hands sklearn's `LinearRegression`
-# float32 arrays, and sklearn keeps the dtype it is given; ours solves in float64. Refitting our
-# coalitions and scores in float32 with sklearn gives Captum's numbers:
+# Equal to float32 round-off (a float32 spacing at 6 is 5e-7), and the difference is not from the
+# sampling: the coalitions and the scores are the same, but the regression is not solved the same
+# way. Captum hands sklearn's `LinearRegression` float32 arrays, and sklearn keeps the dtype it is
+# given; ours solves in float64. Refitting our coalitions and scores in float32 with sklearn gives
+# Captum's numbers:
 
 # %%
 z3 = kernel_shap_coalitions(K, 200, seed=3)
@@ -297,12 +305,11 @@ w3 = np.ones(200, dtype=np.float32)
 w3[:2] = 1e6
 refit32 = LinearRegression().fit(z3.float().numpy(), v[(z3 << torch.arange(K)).sum(1)].float().numpy(),
                                  sample_weight=w3).coef_
-print(f"largest |float32 refit - Captum| = {np.abs(refit32 - captum_kernel.numpy()).max():.1e}")
-print(f"efficiency: sum of ours = {ours_kernel.sum():.4f}, Captum's = {captum_kernel.sum():.4f}, "
-      f"v(N) - v(empty) = {v[-1] - v[0]:.4f}")
-assert np.abs(refit32 - captum_kernel.numpy()).max() <= 1e-6
-assert (ours_kernel - captum_kernel).abs().max() <= 1e-5 * captum_kernel.abs().max()
-assert abs(ours_kernel.sum() - (v[-1] - v[0])) < 1e-4
+agree("float32 refit vs Captum", refit32, captum_kernel, 1e-6)
+print(f"efficiency: sum of ours = {fmt(ours_kernel.sum(), 2)}, Captum's = {fmt(captum_kernel.sum(), 2)}, "
+      f"v(N) - v(empty) = {fmt(v[-1] - v[0], 2)}")
+agree("efficiency, ours: sum vs v(N) - v(empty)", ours_kernel.sum(), v[-1] - v[0], 1e-4)
+_ = agree("efficiency, Captum's: sum vs v(N) - v(empty)", captum_kernel.sum(), v[-1] - v[0], 1e-4)
 
 # %% [markdown]
 # ### How fast does KernelSHAP converge?
@@ -327,7 +334,10 @@ ax.loglog(sample_sizes, errors.mean().iloc[0] * (np.array(sample_sizes) / 25) **
 ax.set(xlabel="samples n", ylabel="mean |KernelSHAP - exact|", title=f"KernelSHAP error, fitted slope {slope:.2f}")
 ax.legend()
 plt.show()
-errors.agg(["mean", "max"]).rename_axis("samples", axis=1)
+print(table(errors.agg(["mean", "max"]), 3, index="samples"))
+largest = phi0.abs().max().item()
+assert abs(slope + 0.5) < 0.15  # the Monte Carlo rate
+assert 0.005 < errors.mean()[25] / largest < 0.015 and errors.mean()[2000] / largest < 0.001  # 1%, under 0.1%
 
 # %% [markdown]
 # The error falls like $1/\sqrt{n}$ (the fitted slope is in the title), the Monte Carlo rate: four
@@ -379,11 +389,9 @@ assert (top == MEL).all()
 eg_shap = torch.as_tensor(eg_shap[..., 0])  # [2, 3, 64, 64, 1] -> [2, 3, 64, 64]
 draws = gradient_shap_draws("shap", batch=2, n_samples=10, n_background=len(background), seed=0)
 eg_ours_10 = expected_gradients(shortcut, x2, MEL, background, draws=draws, batch_size=10)
-parity = pd.Series({"Captum GradientShap (8 samples)": (eg_ours - eg_captum).abs().max().item(),
-                    "shap GradientExplainer (10 samples)": (eg_ours_10.double() - eg_shap).abs().max().item()})
-print(parity.to_string(float_format=lambda d: f"{d:.1e}"))
-print(f"(values up to {eg_ours_10.abs().max().item():.3f})")
-assert parity.max() <= 1e-6
+agree("ours vs Captum GradientShap (8 samples)", eg_ours, eg_captum, 1e-6)
+agree("ours vs shap GradientExplainer (10 samples)", eg_ours_10, eg_shap, 1e-6)
+print(f"(values up to {fmt(eg_ours_10.abs().max(), 2)})")
 
 # %% [markdown]
 # Exact: the same draws give the same attributions. "Same draws" includes their precision. Captum
@@ -405,11 +413,14 @@ terms = expected_gradients(shortcut, x2.repeat_interleave(128, 0), MEL, backgrou
 term_sums = terms.sum((1, 2, 3)).view(2, 128).double()
 with torch.no_grad():
     gap = (shortcut(x2)[:, MEL] - shortcut(background)[:, MEL].mean()).double()
-rows = {f"mean of {n} terms - gap": (term_sums[:, :n].mean(1) - gap).tolist() for n in (8, 32, 128)}
-rows["spread of one term (std)"] = term_sums.std(1).tolist()
-rows["spread / sqrt(128)"] = (term_sums.std(1) / math.sqrt(128)).tolist()
-print("gap = S(x) - mean S(background):", [round(g, 3) for g in gap.tolist()])
-pd.DataFrame(rows, index=["image 1", "image 2"]).T
+rows = {f"mean of {n} terms - gap": term_sums[:, :n].mean(1) - gap for n in (8, 32, 128)}
+rows["spread of one term (std)"] = term_sums.std(1)
+rows["spread / sqrt(128)"] = term_sums.std(1) / math.sqrt(128)
+print("gap = S(x) - mean S(background):", ", ".join(fmt(g, 2) for g in gap))
+print(table({name: {"image 1": r[0], "image 2": r[1]} for name, r in rows.items()}, 1))
+assert ((rows["spread of one term (std)"] > 8) & (rows["spread of one term (std)"] < 13)).all()  # about ten
+assert (rows["mean of 8 terms - gap"].abs() > 2).all() and (rows["mean of 32 terms - gap"].abs() > 2).all()
+assert (rows["mean of 128 terms - gap"].abs() < 1).all()
 
 # %% [markdown]
 # One term misses the gap by about ten logits (its spread); the mean of 8 or 32 terms is still
@@ -441,11 +452,12 @@ masker = shap.maskers.Image(base0[0].permute(1, 2, 0).numpy(), shape=(64, 64, 3)
 explainer = shap.Explainer(both_mel_logits, masker, output_names=["shortcut: mel", "debiased: mel"])
 np.random.seed(0)
 with quietly():
-    sv = explainer(x2_nhwc, max_evals=300, batch_size=150)
-additivity = sv.values.sum((1, 2, 3)) - (both_mel_logits(x2_nhwc) - sv.base_values)
-print("values:", sv.values.shape, " base values (hidden image):", sv.base_values.round(3).tolist())
-print(f"additivity: largest |sum - (f(x) - f(hidden))| = {np.abs(additivity).max():.1e}")
-assert np.abs(additivity).max() < 1e-4
+    sv = explainer(x2_nhwc, max_evals=300, batch_size=150, silent=True)  # shap shows a bar only on slow runs
+assert np.abs(sv.base_values[0] - sv.base_values[1]).max() < 1e-6  # one hidden image for both
+print("values:", sv.values.shape, " base values (the hidden image): shortcut",
+      fmt(sv.base_values[0, 0], 2), " debiased", fmt(sv.base_values[0, 1], 2))
+_ = agree("additivity: sum of values vs f(x) - f(hidden)", sv.values.sum((1, 2, 3)),
+          both_mel_logits(x2_nhwc) - sv.base_values, 1e-4)
 
 # %%
 shap.image_plot(sv, show=False)
@@ -469,7 +481,8 @@ plt.show()
 # and reference):
 
 # %%
-def deep_shap_table(model, references):
+def deep_shap(model, references):
+    """shap's DeepExplainer and Captum's DeepLiftShap on x2, and what they should add up to, per image."""
     with quietly():  # the top output of both images is mel; we check additivity ourselves below
         deep, top = shap.DeepExplainer(model, references).shap_values(x2, ranked_outputs=1, check_additivity=False)
         dls, delta = DeepLiftShap(model).attribute(x2, references, target=MEL, return_convergence_delta=True)
@@ -477,18 +490,29 @@ def deep_shap_table(model, references):
     deep = torch.as_tensor(deep[..., 0]).float()
     with torch.no_grad():
         gap = model(x2)[:, MEL] - model(references)[:, MEL].mean()
-    table = pd.DataFrame({"S(x) - mean S(b)": gap.tolist(),
-                          "shap: sum - gap": (deep.sum((1, 2, 3)) - gap).tolist(),
-                          "Captum: sum - gap": (dls.sum((1, 2, 3)) - gap).tolist(),
-                          "Captum's delta (mean)": delta.view(2, -1).mean(1).tolist(),
-                          "max |shap - Captum|": (deep - dls).abs().flatten(1).amax(1).tolist(),
-                          "max |shap value|": deep.abs().flatten(1).amax(1).tolist()},
-                         index=["image 1", "image 2"])
-    return table
+    return {"gap": gap, "shap sum": deep.sum((1, 2, 3)), "Captum sum": dls.sum((1, 2, 3)),
+            "Captum's delta": delta.view(2, -1).mean(1), "shap": deep, "Captum": dls}
 
 
-deep_max = deep_shap_table(shortcut, background[:8])
-print(deep_max.T.to_string(float_format=lambda d: f"{d:.2e}"))
+def deep_shap_table(d, columns):
+    figures = {"S(x) - mean S(b)": d["gap"], "Captum: sum - gap": d["Captum sum"] - d["gap"],
+               "Captum's delta (mean)": d["Captum's delta"],
+               "max |shap - Captum|": (d["shap"] - d["Captum"]).abs().flatten(1).amax(1),
+               "max |shap value|": d["shap"].abs().flatten(1).amax(1)}
+    return table({f"image {i + 1}": {c: figures[c][i] for c in columns} for i in range(2)},
+                 {c: 3 if c.startswith("max") else 2 for c in columns})
+
+
+deep_max = deep_shap(shortcut, background[:8])
+agree("shap: sum vs S(x) - mean S(b)", deep_max["shap sum"], deep_max["gap"], 1e-4)
+print(deep_shap_table(deep_max, ["S(x) - mean S(b)", "Captum: sum - gap", "Captum's delta (mean)",
+                                 "max |shap - Captum|", "max |shap value|"]))
+miss = deep_max["Captum sum"] - deep_max["gap"]
+assert (miss.abs() > 1).all()  # more than a logit on both images
+agree("Captum's delta vs its miss (sum - gap)", deep_max["Captum's delta"], miss, 1e-4)
+differ = (deep_max["shap"] - deep_max["Captum"]).abs().flatten(1).amax(1)
+assert ((differ > 0.01) & (differ < 0.1)).all()  # a few hundredths
+assert (deep_max["shap"].abs().flatten(1).amax(1) - 0.1).abs().max() < 0.05  # values about a tenth
 
 # %% [markdown]
 # shap's values add up to round-off. Captum's miss the gap by more than a logit on both images, and
@@ -502,10 +526,12 @@ print(deep_max.T.to_string(float_format=lambda d: f"{d:.2e}"))
 # %%
 avg_pooled = copy.deepcopy(shortcut)
 avg_pooled.maxpool = nn.AvgPool2d(2)
-deep_avg = deep_shap_table(avg_pooled, background[:8])
-print(deep_avg.T.to_string(float_format=lambda d: f"{d:.2e}"))
-assert deep_max["shap: sum - gap"].abs().max() < 1e-4 and deep_avg["max |shap - Captum|"].max() < 1e-6
-assert deep_avg["Captum: sum - gap"].abs().max() < 1e-4
+deep_avg = deep_shap(avg_pooled, background[:8])
+print(deep_shap_table(deep_avg, ["S(x) - mean S(b)", "max |shap value|"]))
+agree("shap vs Captum", deep_avg["shap"], deep_avg["Captum"], 1e-6)
+agree("shap: sum vs S(x) - mean S(b)", deep_avg["shap sum"], deep_avg["gap"], 1e-4)
+agree("Captum: sum vs S(x) - mean S(b)", deep_avg["Captum sum"], deep_avg["gap"], 1e-4)
+_ = agree("Captum's delta vs 0", deep_avg["Captum's delta"], torch.zeros(2), 1e-4)
 
 # %% [markdown]
 # Now the two libraries agree to round-off and both add up. The disagreement lives in Captum's
@@ -533,24 +559,34 @@ for name, model in [("shortcut", shortcut), ("debiased", debiased)]:
     values = kernel_shap(model, x16, MEL, seg16, n_samples=100, baseline="mean")
     with torch.no_grad():
         gap16 = model(x16)[:, MEL] - model(mean_baseline(x16))[:, MEL]
-    print(f"{name}: efficiency, largest |sum - (S(x) - S(baseline))| = {(values.sum(1) - gap16).abs().max():.1e}")
+    agree(f"{name}: efficiency, sum vs S(x) - S(baseline)", values.sum(1), gap16, 1e-4)
     maps[f"{name}, KernelSHAP"] = paint(values, seg16)
     maps[f"{name}, EG"] = expected_gradients(model, x16, MEL, background, n_samples=16)
-    audit[name, "KernelSHAP"] = mass_summary(maps[f"{name}, KernelSHAP"], m16)
-    audit[name, "expected gradients"] = mass_summary(maps[f"{name}, EG"], m16)
-pd.DataFrame(audit).T
+    for method in ("KernelSHAP", "EG"):
+        audit[f"{name}, {method}"] = mass_summary(maps[f"{name}, {method}"], m16)
+print(table(audit, 2))
+for method in ("KernelSHAP", "EG"):  # about three times the ruler's share
+    assert 2.5 < audit[f"shortcut, {method}"]["ruler mass"] / audit[f"shortcut, {method}"]["ruler share"] < 3.5
+assert audit["debiased, KernelSHAP"]["ruler mass"] < 0.05  # almost nothing
+assert abs(audit["debiased, EG"]["ruler mass"] / audit["debiased, EG"]["ruler share"] - 1) < 0.2  # about the share
+assert (pointing_game(maps["debiased, EG"], m16["lesion"]) == 1).all()  # peaks on the lesion in every image
 
 # %% [markdown]
 # Both estimators see the shortcut. With either, the shortcut model puts about three times the
 # ruler's share of the image on the ruler. The debiased model's KernelSHAP values put almost
 # nothing there; its expected gradients put about the ruler's share there (pixel attributions
 # reach every pixel that differs from the background images) and peak on the lesion in every
-# image. Compare models under one method, not numbers across methods. Per image:
+# image. (A KernelSHAP map is flat on each superpixel, so its peak is a whole segment: the pointing
+# game scores the share of that segment inside the mask, hence fractions.) Compare models under
+# one method, not numbers across methods. Per image:
 
 # %%
-per_image = pd.DataFrame({"ruler share": mask_share(m16["ruler"]).tolist(),
-                          **{name: mask_mass(m, m16["ruler"]).tolist() for name, m in maps.items()}})
-per_image.describe().loc[["mean", "min", "max"]]
+per_image = {"ruler share": mask_share(m16["ruler"]), **{name: mask_mass(m, m16["ruler"]) for name, m in maps.items()}}
+print(table({stat: {name: getattr(values, stat)() for name, values in per_image.items()}
+             for stat in ("mean", "min", "max")}, 2))
+share = per_image["ruler share"]
+assert per_image["shortcut, KernelSHAP"].min() > share.max() and per_image["shortcut, EG"].min() > share.max()
+assert per_image["debiased, KernelSHAP"].max() < share.min()
 
 # %% [markdown]
 # Not an average carried by a few images: the shortcut model's *smallest* ruler mass, with either
@@ -575,9 +611,11 @@ for name, model in [("shortcut", shortcut), ("debiased", debiased)]:
         phi = exact_shapley(model, x0, MEL, seg0, baseline=baseline)[0]
         with torch.no_grad():
             empty = model(mean_baseline(x0) if baseline == "mean" else torch.zeros_like(x0))[0, MEL].item()
-        rows[name, baseline] = {"v(empty)": empty, "sum of values": phi.sum().item(),
-                                "ruler's segment": phi[ruler_seg].item(), "largest value": phi.max().item()}
-pd.DataFrame(rows).T
+        rows[f"{name}, {baseline}"] = {"v(empty)": empty, "sum of values": phi.sum().item(),
+                                       "ruler's segment": phi[ruler_seg].item(), "largest value": phi.max().item()}
+print(table(rows, 1))
+assert rows["shortcut, black"]["largest value"] < 0 and rows["debiased, black"]["largest value"] < 0
+assert rows["shortcut, black"]["ruler's segment"] < rows["shortcut, black"]["largest value"] - 1
 
 # %% [markdown]
 #   From black, every segment of this melanoma *lowers* the melanoma logit (the black image is the
