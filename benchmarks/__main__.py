@@ -1,6 +1,6 @@
 """Run every benchmark: ``python -m benchmarks`` (or ``make bench``)."""
 
-from benchmarks import bench_cam, bench_data, bench_gradients, bench_perturbation
+from benchmarks import bench_224, bench_cam, bench_data, bench_gradients, bench_perturbation
 
 if __name__ == "__main__":
     bench_data.main()
@@ -10,3 +10,5 @@ if __name__ == "__main__":
     bench_cam.main()
     print()
     bench_perturbation.main()
+    print()
+    bench_224.main()

@@ -27,7 +27,7 @@ from .hooks import capture, resolve_layer
 
 def _prepare(model, x, target):
     check_model(model)
-    check_input(x)
+    check_input(x, model=model)
     return x.detach(), check_target(target, x.shape[0], device=x.device)
 
 
@@ -66,7 +66,8 @@ def cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", fc="fc", upsa
 
     For a network that ends in global average pooling and one linear layer, the class score is the
     spatial mean of this map plus the bias: the map *is* the score, location by location. No ReLU
-    and no normalisation are applied (negative values argue against the class).
+    and no normalisation are applied (negative values argue against the class). That identity is
+    checked on every call: a layer/fc pair without this structure gets a ValueError.
     """
     x, t = _prepare(model, x, target)
     linear = resolve_layer(model, fc)
@@ -81,8 +82,21 @@ def cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", fc="fc", upsa
         raise ValueError(f"CAM needs the layer's {act.shape[1]} channels to feed {fc!r} directly through global "
                          f"average pooling, but {fc!r} takes {linear.in_features} features: this model does not "
                          "have the structure CAM needs (use grad_cam)")
+    if linear.out_features != out.shape[1]:
+        raise ValueError(f"fc={fc!r} has {linear.out_features} outputs but the model returns {out.shape[1]} scores: "
+                         "CAM needs the layer that produces the class scores (use grad_cam for other heads)")
     weights = linear.weight.detach()[t]  # [B, K]
     maps = torch.einsum("bk,bkhw->bhw", weights, act)[:, None]
+    # The identity that makes CAM the score: mean over the grid + bias = the logit. It fails when
+    # something other than global average pooling sits between the layer and fc.
+    bias = linear.bias.detach()[t] if linear.bias is not None else 0.0
+    logit = out.gather(1, t[:, None])[:, 0]
+    rebuilt = maps.mean((1, 2, 3)) + bias
+    if not torch.allclose(rebuilt, logit, rtol=1e-4, atol=1e-4 * (1 + float(logit.abs().max()))):
+        raise ValueError(f"CAM needs {layer!r} to feed {fc!r} through global average pooling alone, but here the "
+                         f"mean of the map plus the bias is not the logit (largest gap "
+                         f"{float((rebuilt - logit).abs().max()):.3g}): this model does not have the structure CAM "
+                         "needs (use grad_cam)")
     return _resize(maps, x, upsample, mode)
 
 
@@ -130,7 +144,7 @@ def grad_cam_pp(model: nn.Module, x: torch.Tensor, target, layer="layer4", upsam
 
 def score_cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", batch_size: int = 128,
               upsample: bool = True, mode: str = "bilinear", subtract_baseline: bool = True,
-              return_weights: bool = False):
+              align_corners: bool = False, return_weights: bool = False):
     """Score-CAM (Wang et al. 2020, arXiv:1910.01279): no gradients.
 
         H_k   = normalise( upsample(A_k) ) to [0, 1]          (one mask per channel)
@@ -141,6 +155,8 @@ def score_cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", batch_s
     the subtraction (the paper's "increase of confidence"), a model that scores a black image high
     for class c gets negative weights everywhere and an empty map. The B * K masked inputs are
     scored ``batch_size`` at a time. ``return_weights`` also returns the weights [B, K].
+    ``align_corners`` is how the activations are upsampled into masks: False as in ``F.interpolate``'s
+    default (and Captum), True as pytorch-grad-cam's ``nn.UpsamplingBilinear2d``.
     """
     x, t = _prepare(model, x, target)
     check_batch_size(batch_size)
@@ -150,7 +166,7 @@ def score_cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", batch_s
     act = rec.activation
     _check_feature_map(act, layer)
     b, k = act.shape[:2]
-    up = F.interpolate(act, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    up = F.interpolate(act, size=x.shape[-2:], mode="bilinear", align_corners=align_corners)
     lo, hi = up.amin((2, 3), keepdim=True), up.amax((2, 3), keepdim=True)
     masks = torch.where(hi > lo, (up - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(up))  # [B, K, H, W]
     scores = torch.empty(b * k, device=x.device, dtype=x.dtype)

@@ -12,6 +12,9 @@ bad input into a clear error that names the argument, before any work is done:
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,7 +29,14 @@ def check_model(model) -> None:
                          "call model.eval() first")
 
 
-def check_input(x, name: str = "x") -> torch.Tensor:
+def _model_dtype(model):
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def check_input(x, name: str = "x", model=None) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
@@ -36,16 +46,20 @@ def check_input(x, name: str = "x") -> torch.Tensor:
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch")
+    dtype = _model_dtype(model) if model is not None else None
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name} is {x.dtype} but the model's parameters are {dtype}: "
+                        f"pass {name}.to({dtype}) (or convert the model)")
     return x
 
 
 def check_target(target, batch: int, num_outputs: int | None = None, device=None) -> torch.Tensor:
     """Return the target as a LongTensor [B]; check its range when ``num_outputs`` is known."""
-    if isinstance(target, bool):
+    if isinstance(target, bool | np.bool_):
         raise TypeError("target must be an int or one class index per image, got a bool")
-    if isinstance(target, int):
-        t = torch.full((batch,), target, dtype=torch.long)
-    elif isinstance(target, (list, tuple)) or isinstance(target, torch.Tensor):
+    if isinstance(target, numbers.Integral):  # int, and NumPy integers such as np.argmax(...)
+        t = torch.full((batch,), int(target), dtype=torch.long)
+    elif isinstance(target, list | tuple | np.ndarray | torch.Tensor):
         t = torch.as_tensor(target)
         if t.is_floating_point() or t.dtype == torch.bool:
             raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}")

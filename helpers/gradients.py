@@ -25,7 +25,7 @@ def input_gradient(model: torch.nn.Module, x: torch.Tensor, target) -> torch.Ten
     The score is the model's output for the target class (a logit for DermNet, not a probability).
     """
     check_model(model)
-    check_input(x)
+    check_input(x, model=model)
     t = check_target(target, x.shape[0], device=x.device)
     return _gradient(model, x, t)
 
@@ -83,7 +83,7 @@ def smoothgrad(model: torch.nn.Module, x: torch.Tensor, target, n_samples: int =
     Samples are processed ``batch_size`` at a time, across image boundaries.
     """
     check_model(model)
-    check_input(x)
+    check_input(x, model=model)
     t = check_target(target, x.shape[0], device=x.device)
     if variant not in ("mean", "square", "var"):
         raise ValueError(f"variant must be 'mean', 'square' or 'var', got {variant!r}")
@@ -185,7 +185,7 @@ def integrated_gradients(model: torch.nn.Module, x: torch.Tensor, target, baseli
                 steps are asked for (the points are never all held at once)
     """
     check_model(model)
-    check_input(x)
+    check_input(x, model=model)
     t = check_target(target, x.shape[0], device=x.device)
     check_batch_size(batch_size)
     alphas, weights = path_rule(steps, rule)

@@ -15,6 +15,7 @@ The hooks are removed when the block ends, also when it raises.
 
 from __future__ import annotations
 
+import difflib
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -25,22 +26,27 @@ from torch import nn
 def resolve_layer(model: nn.Module, layer) -> nn.Module:
     """Return the module ``layer`` names: a module inside ``model`` or a dotted name like "layer4.0".
 
-    Raises ValueError listing the valid names when the name is unknown or the module is not part
-    of the model.
+    Names are resolved by walking the attributes (``get_submodule``), so a module registered
+    under two names is found under either. An unknown name gets the closest valid names.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    names = [n for n, _ in model.named_modules() if n]
     if isinstance(layer, str):
-        modules = dict(model.named_modules())
-        if layer not in modules or not layer:
-            raise ValueError(f"layer {layer!r} is not a module of the model; valid names: "
-                             f"{', '.join(names)}")
-        return modules[layer]
+        try:
+            if not layer:
+                raise AttributeError
+            return model.get_submodule(layer)
+        except AttributeError:
+            names = [n for n, _ in model.named_modules(remove_duplicate=False) if n]
+            close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+            top = ", ".join(n for n in names if "." not in n)
+            hint = f"closest names: {', '.join(close)}" if close else f"top-level names: {top[:300]}"
+            raise ValueError(f"layer {layer!r} is not a module of the model; {hint} "
+                             "(all names: [n for n, _ in model.named_modules()])") from None
     if isinstance(layer, nn.Module):
         if not any(m is layer for m in model.modules()):
-            raise ValueError(f"layer ({type(layer).__name__}) is not a module of the model; "
-                             f"pass one of its modules or a name: {', '.join(names)}")
+            raise ValueError(f"layer (a {type(layer).__name__}) is not a module of the model: pass one of "
+                             "its modules, or a name from [n for n, _ in model.named_modules()]")
         return layer
     raise TypeError(f"layer must be an nn.Module or a dotted name, got {type(layer).__name__}")
 
@@ -68,13 +74,16 @@ def capture(model: nn.Module, layer, *, gradient: bool = True):
     gradient  False: do not record the gradient (no tensor hook), for callers that take it with
               ``torch.autograd.grad(..., rec.output)`` themselves.
 
-    The output is cloned as it is recorded (``rec.activation``), so a later in-place operation in
-    the model cannot change it; ``rec.output`` keeps the live tensor for differentiating with
-    respect to the layer. If the layer runs more than once in the block, the last call is kept.
+    The model carries on with a copy of the layer's output, so a later in-place operation (a
+    ``ReLU(inplace=True)``, or ``out += identity`` in a residual block) changes the copy, never the
+    recorded tensor: both ``rec.activation`` and the gradient with respect to ``rec.output`` are
+    those of the layer's own output. A layer that runs more than once inside the block (a module
+    used twice in one forward pass, or two forward passes) is refused: one recording holds one call.
     """
     module = resolve_layer(model, layer)
     rec = Recording()
     handles = []
+    calls = [0]
 
     def on_grad(grad):
         rec.gradient = grad.detach().clone()
@@ -83,10 +92,17 @@ def capture(model: nn.Module, layer, *, gradient: bool = True):
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"capture: layer {type(module).__name__} returned "
                             f"{type(output).__name__}, not a tensor")
+        calls[0] += 1
+        if calls[0] > 1:
+            raise ValueError(f"capture: layer {layer if isinstance(layer, str) else type(module).__name__!r} ran "
+                             f"{calls[0]} times inside one capture block (a module used twice in the forward pass, "
+                             "or a second forward pass); a recording holds one call: capture a module that runs "
+                             "once, or use one block per forward pass")
         rec.activation = output.detach().clone()
         rec.output = output
         if gradient and output.requires_grad:
             handles.append(output.register_hook(on_grad))
+        return output.clone()  # what the rest of the model sees, and may modify in place
 
     try:
         handles.append(module.register_forward_hook(on_forward))

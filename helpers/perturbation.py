@@ -47,7 +47,7 @@ class SegmentValues(NamedTuple):
 
 def _prepare(model, x, target):
     check_model(model)
-    check_input(x)
+    check_input(x, model=model)
     x = x.detach()
     t = check_target(target, x.shape[0], device=x.device)
     with torch.no_grad():
@@ -106,7 +106,7 @@ def occlusion(model: torch.nn.Module, x: torch.Tensor, target, window=8, stride=
     Returns ``[B, 1, H, W]`` (or ``(attr, passes)``).
     """
     check_model(model)
-    check_input(x)
+    check_input(x, model=model)
     h, w = x.shape[-2:]
     window, stride = _pair(window, "window"), _pair(stride, "stride")
     if window[0] > h or window[1] > w:
@@ -326,6 +326,9 @@ def lime(model: torch.nn.Module, x: torch.Tensor, target, segments, n_samples: i
 def shapley_kernel_sizes(k: int) -> torch.Tensor:
     """P(coalition size s) for KernelSHAP's sampler, s = 0 .. k-1: proportional to
     (k - 1) / (s (k - s)), zero for s = 0 (Captum's float32 arithmetic, normalised)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"k must be an int of at least 2 players to sample coalition sizes, got {k!r} "
+                         "(with one player the only Shapley value is v(all) - v(none))")
     s = torch.arange(k, dtype=torch.float)
     p = torch.tensor(k - 1) / (s * (k - s))
     p[0] = 0.0
@@ -359,7 +362,8 @@ def kernel_shap(model: torch.nn.Module, x: torch.Tensor, target, segments, n_sam
     1e6), which makes the values sum to S_c(x) - S_c(baseline): efficiency.
 
     The draws follow Captum's ``KernelShap`` (first all-ones, then all-zeros, then sampled) from a
-    torch generator seeded with ``seed``, restarted for each image. Returns ``[B, K]``.
+    torch generator seeded with ``seed``, restarted for each image. An image with one or two segments
+    gets its exact Shapley values instead (its 2 or 4 coalitions are all there is). Returns ``[B, K]``.
     """
     check_batch_size(n_samples, "n_samples")
     check_batch_size(batch_size)
@@ -372,6 +376,9 @@ def kernel_shap(model: torch.nn.Module, x: torch.Tensor, target, segments, n_sam
     base = _as_baseline(baseline, x)
     values = torch.zeros(x.shape[0], max(counts), dtype=x.dtype, device=x.device)
     for i, k in enumerate(counts):
+        if k <= 2:  # 2^k <= 4 coalitions: the exact values cost less than sampling (and K = 1 has no sizes to draw)
+            values[i, :k] = _exact_values(model, x[i], base[i], t[i], seg[i], k, batch_size, channels_last)
+            continue
         z = kernel_shap_coalitions(k, n_samples, seed).to(x.device)
         y, _ = _coalition_scores(model, x[i], base[i], t[i], seg[i], z, batch_size, channels_last=channels_last)
         w = torch.ones(n_samples, dtype=torch.float64, device=x.device)
@@ -402,17 +409,24 @@ def exact_shapley(model: torch.nn.Module, x: torch.Tensor, target, segments, bas
     base = _as_baseline(baseline, x)
     values = torch.zeros(x.shape[0], max(counts), dtype=x.dtype, device=x.device)
     for i, k in enumerate(counts):
-        code = torch.arange(2 ** k, device=x.device)
-        z = (code[:, None] >> torch.arange(k, device=x.device)) & 1  # row S: bit j = player j in S
-        v, _ = _coalition_scores(model, x[i], base[i], t[i], seg[i], z, batch_size, channels_last=channels_last)
-        v = v.double()
-        size = z.sum(1)
-        weight = torch.tensor([math.factorial(s) * math.factorial(k - s - 1) / math.factorial(k) if s < k else 0.0
-                               for s in range(k + 1)], dtype=torch.float64, device=x.device)
-        for j in range(k):
-            without = code[(code >> j) & 1 == 0]
-            values[i, j] = (weight[size[without]] * (v[without | (1 << j)] - v[without])).sum().to(x.dtype)
+        values[i, :k] = _exact_values(model, x[i], base[i], t[i], seg[i], k, batch_size, channels_last)
     return values
+
+
+def _exact_values(model, x1, base1, t1, seg1, k, batch_size, channels_last) -> torch.Tensor:
+    """One image's K Shapley values from all 2^K coalitions (float64 sums, returned in x's dtype)."""
+    code = torch.arange(2 ** k, device=x1.device)
+    z = (code[:, None] >> torch.arange(k, device=x1.device)) & 1  # row S: bit j = player j in S
+    v, _ = _coalition_scores(model, x1, base1, t1, seg1, z, batch_size, channels_last=channels_last)
+    v = v.double()
+    size = z.sum(1)
+    weight = torch.tensor([math.factorial(s) * math.factorial(k - s - 1) / math.factorial(k) if s < k else 0.0
+                           for s in range(k + 1)], dtype=torch.float64, device=x1.device)
+    out = torch.empty(k, dtype=x1.dtype, device=x1.device)
+    for j in range(k):
+        without = code[(code >> j) & 1 == 0]
+        out[j] = (weight[size[without]] * (v[without | (1 << j)] - v[without])).sum().to(x1.dtype)
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -454,8 +468,8 @@ def expected_gradients(model: torch.nn.Module, x: torch.Tensor, target, backgrou
     Captum, float64 as shap). Returns a tensor like x.
     """
     check_model(model)
-    check_input(x)
-    check_input(background, "background")
+    check_input(x, model=model)
+    check_input(background, "background", model=model)
     if background.shape[1:] != x.shape[1:]:
         raise ValueError(f"background images {tuple(background.shape[1:])} differ in shape from x {tuple(x.shape[1:])}")
     check_batch_size(batch_size)

@@ -168,7 +168,7 @@ def test_bad_arguments(shortcut, batch, name):
 
 def test_layer_errors(shortcut, batch):
     x, t = batch
-    with pytest.raises(ValueError, match="layer5.*valid names"):
+    with pytest.raises(ValueError, match="layer5.*closest names"):
         grad_cam(shortcut, x[:1], 0, "layer5")
     with pytest.raises(ValueError, match="not a module of the model"):
         grad_cam(shortcut, x[:1], 0, nn.Conv2d(3, 3, 1))

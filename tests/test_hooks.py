@@ -63,7 +63,7 @@ def test_activation_is_a_clone_not_a_view():
 
 def test_resolve_layer_errors_list_valid_names(model):
     assert resolve_layer(model, "layer4.0") is model.layer4[0]
-    with pytest.raises(ValueError, match="layer5.*valid names.*layer4"):
+    with pytest.raises(ValueError, match="layer5.*closest names: layer4"):
         resolve_layer(model, "layer5")
     with pytest.raises(ValueError, match="not a module of the model"):
         resolve_layer(model, nn.Conv2d(1, 1, 1))
