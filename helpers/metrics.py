@@ -6,15 +6,16 @@ Two numbers recur through the course:
   A map that spreads evenly over the image scores the mask's own share of the image
   (``mask_share(mask)``), so always read the two side by side: a ruler mass of 0.30 means a lot
   when the ruler is 12% of the image.
-- ``pointing_game(attr, mask)``: is the map's largest value inside the mask, per image (pixels
-  tied with the maximum to within ``PEAK_TOL`` count together, so round-off cannot move the peak).
+- ``pointing_game(attr, mask)``: is the map's largest value inside the mask, per image (a peak
+  inside and one outside within ``PEAK_TOL`` of each other are a tie, scored 0.5, so round-off
+  cannot move the answer).
 """
 
 from __future__ import annotations
 
 import torch
 
-# pixels within this share of the maximum count as the peak (round-off ties are ~1e-6)
+# two peaks within this share of the maximum are a tie (round-off moves values by ~1e-5)
 PEAK_TOL = 1e-3
 
 
@@ -63,21 +64,27 @@ def mask_share(mask: torch.Tensor) -> torch.Tensor:
 
 
 def pointing_game(attr: torch.Tensor, mask: torch.Tensor, tol: float = PEAK_TOL) -> torch.Tensor:
-    """Whether the map's largest magnitude lies inside ``mask``, per image: float [B] in [0, 1].
+    """Whether the map's largest magnitude lies inside ``mask``, per image: float [B] of 1, 0 or 0.5.
 
-    The peak is every pixel within ``tol`` (relative) of the map's maximum, not one pixel: an
-    upsampled map has plateaus of equal values, and which of two tied pixels is "the" maximum is
-    decided by round-off, so it differs between CPUs. An image scores the share of its peak that
-    lies inside the mask: 1 or 0 when the peak is one pixel or lies wholly on one side, a fraction
-    when a tie straddles the mask's edge. An all-zero map scores NaN (it points nowhere).
+    The map's largest value inside the mask is compared with its largest value outside: 1 when
+    the inside wins, 0 when the outside wins, and 0.5 (a tie) when the two are within ``tol`` of
+    the maximum. Which of two tied pixels is "the" maximum is decided by round-off, so it differs
+    between CPUs; an upsampled map has plateaus of tied pixels and a superpixel map is flat on
+    each segment, so ties are common. The rule looks at two numbers per image, so only an image
+    whose two maxima differ by almost exactly ``tol`` could score differently on another machine.
+    An all-zero map scores NaN (it points nowhere).
     """
-    if not (isinstance(tol, float | int) and 0 <= tol < 1):
+    if isinstance(tol, bool) or not isinstance(tol, float | int) or not 0 <= tol < 1:
         raise ValueError(f"tol must be a number in [0, 1), got {tol!r}")
     a, m = _as_maps(attr, mask)
-    top = a.flatten(1).amax(1)
-    peak = a.flatten(1) >= (top * (1 - tol))[:, None]
-    inside = (peak & m.flatten(1)).sum(1).float() / peak.sum(1).float()
-    return torch.where(top > 0, inside, torch.full_like(inside, float("nan")))
+    flat, inside = a.flatten(1), m.flatten(1)
+    low = torch.tensor(-1.0)  # below every magnitude: an empty side never wins
+    best_in = torch.where(inside, flat, low).amax(1)
+    best_out = torch.where(~inside, flat, low).amax(1)
+    top = torch.maximum(best_in, best_out)
+    score = torch.where(best_in > best_out, 1.0, 0.0)
+    score = torch.where((best_in - best_out).abs() <= tol * top, 0.5, score)
+    return torch.where(top > 0, score, torch.full_like(score, float("nan")))
 
 
 def mass_summary(attr: torch.Tensor, masks: dict, names=("ruler", "lesion")) -> dict:

@@ -220,9 +220,9 @@ plt.show()
 # The same 256 clinic-B lesions, all with a ruler. Each model explains its own prediction. For each
 # map we report the share of its magnitude on the ruler (ruler mass) and on the lesion, beside the
 # share of the image each covers (what a map spread evenly would score), and the pointing game: how
-# often the largest value lies on the ruler or the lesion (pixels within 0.1% of the maximum count
-# together as the peak, so that round-off cannot pick between near-equal pixels; an image whose peak
-# straddles a mask's edge scores the share of the peak inside it).
+# often the largest value lies on the ruler or the lesion (the largest value inside the mask against
+# the largest outside it; two within 0.1% of each other are a tie and score one half, so that
+# round-off cannot pick between near-equal pixels).
 
 # %%
 summary = {}

@@ -334,13 +334,13 @@ for name, model in [("shortcut", shortcut), ("debiased", debiased)]:
     for baseline in ("black", "blur"):
         attr = integrated_gradients(model, x48, target, baseline=baseline, steps=16)
         summary[f"{name}, {baseline}"] = mass_summary(attr, m48)
-        for mask in ("ruler", "lesion"):  # no pixel lies within round-off of the peak's tie threshold
+        for mask in ("ruler", "lesion"):  # no image lies within round-off of the tie threshold
             peak = pointing_game(attr, m48[mask])
             assert all(torch.equal(pointing_game(attr, m48[mask], t), peak) for t in (0.9 * PEAK_TOL, 1.1 * PEAK_TOL))
 # the pointing game as a number of images: as a share of 48, it often ends in a 5 (42/48 = 0.875)
 counts = {k: {(f"{c} (of 48)" if "pointing" in c else c): v * 48 if "pointing" in c else v for c, v in row.items()}
           for k, row in summary.items()}
-print(table(counts, {c: 0 if "pointing" in c else 2 for c in counts["shortcut, black"]}, index="model, IG baseline"))
+print(table(counts, {c: 1 if "pointing" in c else 2 for c in counts["shortcut, black"]}, index="model, IG baseline"))
 share = summary["shortcut, black"]["ruler share"]
 black_s, black_d = summary["shortcut, black"], summary["debiased, black"]
 blur_s, blur_d = summary["shortcut, blur"], summary["debiased, blur"]

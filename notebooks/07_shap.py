@@ -576,8 +576,9 @@ assert (pointing_game(maps["debiased, EG"], m16["lesion"]) == 1).all()  # peaks 
 # ruler's share of the image on the ruler. The debiased model's KernelSHAP values put almost
 # nothing there; its expected gradients put about the ruler's share there (pixel attributions
 # reach every pixel that differs from the background images) and peak on the lesion in every
-# image. (A KernelSHAP map is flat on each superpixel, so its peak is a whole segment: the pointing
-# game scores the share of that segment inside the mask, hence fractions.) Compare models under
+# image. (A KernelSHAP map is flat on each superpixel, so its peak is a whole segment: when that
+# segment straddles the mask's edge, the pointing game calls it a tie and scores one half, hence
+# fractions.) Compare models under
 # one method, not numbers across methods. Per image:
 
 # %%

@@ -47,17 +47,22 @@ def test_pointing_game():
     assert pointing_game(attr, mask).tolist() == [1.0, 0.0]
 
 
-def test_pointing_game_pools_round_off_ties():
+def test_pointing_game_calls_round_off_ties_a_tie():
     # two pixels equal up to float32 round-off, one inside the mask and one outside: whichever
-    # round-off makes larger, the score is the same half
-    attr = torch.zeros(2, 1, 2, 2)
+    # round-off makes larger, the image scores a tie
+    attr = torch.zeros(3, 1, 2, 2)
     attr[:, 0, 0, 0] = 1.0
     attr[0, 0, 0, 1] = 1.0 + 1e-6
     attr[1, 0, 0, 1] = 1.0 - 1e-6
-    mask = torch.zeros(2, 2, 2, dtype=torch.bool)
+    attr[2, 0, 0, 1] = 0.5  # a clear win inside
+    attr[2, 0, 1, 1] = 0.99
+    mask = torch.zeros(3, 2, 2, dtype=torch.bool)
     mask[:, 0, 0] = True
-    assert pointing_game(attr, mask).tolist() == [0.5, 0.5]
-    assert pointing_game(attr, mask, tol=0.0).tolist() == [0.0, 1.0]
+    assert pointing_game(attr, mask).tolist() == [0.5, 0.5, 1.0]
+    assert pointing_game(attr, mask, tol=0.0).tolist() == [0.0, 1.0, 1.0]
+    assert pointing_game(attr[2:], mask[2:], tol=0.02).tolist() == [0.5]
+    assert pointing_game(attr[:1], torch.zeros_like(mask[:1])).tolist() == [0.0]  # empty mask
+    assert pointing_game(attr[:1], torch.ones_like(mask[:1])).tolist() == [1.0]  # all mask
     assert math.isnan(pointing_game(torch.zeros(1, 1, 2, 2), mask[:1]).item())
     with pytest.raises(ValueError, match="tol"):
         pointing_game(attr, mask, tol=1.5)

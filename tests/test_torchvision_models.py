@@ -226,8 +226,8 @@ def test_grad_cam_pp_differs_from_pytorch_grad_cam_only_by_its_epsilon(resnet18,
 
     t = torch.tensor([3, 3])
     act, grad = layer_activation_and_gradient(resnet18, images, t, "layer4")
-    theirs_w = GradCAMPlusPlus(resnet18, [resnet18.layer4]).get_cam_weights(
-        images, None, None, act.numpy(), grad.numpy())
+    with GradCAMPlusPlus(resnet18, [resnet18.layer4]) as gpp:  # the with block removes its hooks
+        theirs_w = gpp.get_cam_weights(images, None, None, act.numpy(), grad.numpy())
     ours = grad_cam_pp(resnet18, images, t, "layer4", upsample=False)
     gap = (_minmax(ours) - _minmax(_their_map(theirs_w, act))).abs().max()
     assert gap > 1e-3  # the difference from pytorch-grad-cam is real...
@@ -240,10 +240,11 @@ def test_grad_cam_pp_differs_from_pytorch_grad_cam_only_by_its_epsilon(resnet18,
     scaled = Wrapper(resnet18).eval()  # the same network with logits 1000x larger: gradients 1000x larger
     scaled.forward = lambda x: 1000 * resnet18(x)
     act_s, grad_s = layer_activation_and_gradient(scaled, images, t, "layer4")
-    theirs_s = GradCAMPlusPlus(scaled, [resnet18.layer4]).get_cam_weights(
-        images, None, None, act_s.numpy(), grad_s.numpy())
+    with GradCAMPlusPlus(scaled, [resnet18.layer4]) as gpp:
+        theirs_s = gpp.get_cam_weights(images, None, None, act_s.numpy(), grad_s.numpy())
     ours_s = grad_cam_pp(scaled, images, t, "layer4", upsample=False)
     assert (_minmax(ours_s) - _minmax(_their_map(theirs_s, act_s))).abs().max() < 1e-5
+    assert count_hooks(resnet18) == 0
 
 
 def test_score_cam_matches_pytorch_grad_cam_with_their_recipe(resnet18, images):
@@ -258,17 +259,18 @@ def test_score_cam_matches_pytorch_grad_cam_with_their_recipe(resnet18, images):
     with capture(resnet18, "layer3") as rec, torch.no_grad():
         resnet18(images)
     act = rec.activation
-    sc = ScoreCAM(resnet18, [resnet18.layer3])
-    sc.batch_size = 64
     targets = [lambda o, c=int(c): torch.log_softmax(o, -1)[c] for c in t]
     import tqdm
 
     tqdm_init = tqdm.tqdm.__init__
     tqdm.tqdm.__init__ = lambda self, *a, **k: tqdm_init(self, *a, **{**k, "disable": True})
     try:
-        theirs_w = sc.get_cam_weights(images, resnet18.layer3, targets, act.numpy(), None)
+        with ScoreCAM(resnet18, [resnet18.layer3]) as sc:
+            sc.batch_size = 64
+            theirs_w = sc.get_cam_weights(images, resnet18.layer3, targets, act.numpy(), None)
     finally:
         tqdm.tqdm.__init__ = tqdm_init
+    assert count_hooks(resnet18) == 0
     from helpers.cam import score_cam
 
     ours = score_cam(resnet18, images, t, "layer3", upsample=False, subtract_baseline=False, align_corners=True)
