@@ -221,7 +221,7 @@ plt.show()
 # map we report the share of its magnitude on the ruler (ruler mass) and on the lesion, beside the
 # share of the image each covers (what a map spread evenly would score), and the pointing game: how
 # often the largest value lies on the ruler or the lesion (the largest value inside the mask against
-# the largest outside it; two within 0.1% of each other are a tie and score one half, so that
+# the largest outside it; two within 0.05% of each other are a tie and score one half, so that
 # round-off cannot pick between near-equal pixels).
 
 # %%

@@ -563,8 +563,8 @@ for name, model in [("shortcut", shortcut), ("debiased", debiased)]:
     maps[f"{name}, KernelSHAP"] = paint(values, seg16)
     maps[f"{name}, EG"] = expected_gradients(model, x16, MEL, background, n_samples=16)
     for method in ("KernelSHAP", "EG"):
-        audit[f"{name}, {method}"] = mass_summary(maps[f"{name}, {method}"], m16)
-print(table(audit, 2))
+        audit[f"{name}, {method}"] = mass_summary(maps[f"{name}, {method}"], m16, pointing="count")
+print(table(audit, {k: 1 if "pointing" in k else 2 for k in audit["shortcut, EG"]}))
 for method in ("KernelSHAP", "EG"):  # about three times the ruler's share
     assert 2.5 < audit[f"shortcut, {method}"]["ruler mass"] / audit[f"shortcut, {method}"]["ruler share"] < 3.5
 assert audit["debiased, KernelSHAP"]["ruler mass"] < 0.05  # almost nothing
@@ -577,8 +577,8 @@ assert (pointing_game(maps["debiased, EG"], m16["lesion"]) == 1).all()  # peaks 
 # nothing there; its expected gradients put about the ruler's share there (pixel attributions
 # reach every pixel that differs from the background images) and peak on the lesion in every
 # image. (A KernelSHAP map is flat on each superpixel, so its peak is a whole segment: when that
-# segment straddles the mask's edge, the pointing game calls it a tie and scores one half, hence
-# fractions.) Compare models under
+# segment straddles the mask's edge, the pointing game calls it a tie and scores one half, hence the
+# half counts.) Compare models under
 # one method, not numbers across methods. Per image:
 
 # %%

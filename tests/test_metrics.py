@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from helpers.metrics import mask_mass, mask_share, pointing_game
+from helpers.metrics import PEAK_TOL, mask_mass, mask_share, mass_summary, pointing_game
 
 
 def test_mask_mass_by_hand():
@@ -100,3 +100,28 @@ def test_rank_correlation():
     assert torch.allclose(rank_correlation(a, a ** 3 + 2), torch.ones(3))  # monotone: ranks unchanged
     with pytest.raises(ValueError, match="one shape"):
         rank_correlation(a, a[:2])
+
+
+def test_mass_summary_pointing_as_a_count(monkeypatch):
+    attr = torch.zeros(4, 1, 2, 2)
+    attr[:, 0, 0, 0] = 1.0
+    attr[3, 0, 0, 1] = 1.0  # a tie
+    masks = {"ruler": torch.zeros(4, 2, 2, dtype=torch.bool)}
+    masks["ruler"][:3, 0, 0] = True
+    masks["ruler"][3, 0, 0] = True
+    s = mass_summary(attr, masks, names=("ruler",), pointing="count")
+    assert s["ruler pointing (of 4)"] == 3.5
+    with pytest.raises(ValueError, match="pointing"):
+        mass_summary(attr, masks, names=("ruler",), pointing="rate")
+
+
+def test_pointing_game_refuses_a_near_threshold_image_when_strict(monkeypatch):
+    attr = torch.zeros(1, 1, 2, 2)
+    attr[0, 0, 0, 0] = 1.0
+    attr[0, 0, 0, 1] = 1.0 - PEAK_TOL  # exactly at the tie threshold
+    mask = torch.zeros(1, 2, 2, dtype=torch.bool)
+    mask[0, 0, 0] = True
+    pointing_game(attr, mask)
+    monkeypatch.setenv("COURSE_STRICT", "1")
+    with pytest.raises(ValueError, match="round-off of the tie threshold"):
+        pointing_game(attr, mask)
