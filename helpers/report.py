@@ -112,6 +112,17 @@ def agree(name: str, ours, theirs, atol: float, *, rtol: float = 0.0, quiet: boo
     return worst
 
 
+def prediction_margin(model, x) -> float:
+    """The smallest gap between an image's top two logits, relative to its largest logit's size,
+    over the batch ``x``. A prediction (an argmax) won by less than round-off, about 1e-6 relative,
+    could go the other way on another CPU: assert that this is far above it before choosing images
+    or targets by prediction."""
+    with torch.no_grad():
+        z = model(x)
+    top2 = z.topk(2, 1).values
+    return ((top2[:, 0] - top2[:, 1]) / z.abs().amax(1)).min().item()
+
+
 def table(rows, digits=3, *, index: str = "", rtol: float = RTOL, atol=ATOL) -> str:
     """A fixed-width text table: ``rows`` maps a row name to ``{column: value}`` (or is a DataFrame).
 

@@ -41,7 +41,7 @@ from helpers.data import CLASSES, MEL
 from helpers.gradients import saliency, smoothgrad
 from helpers.metrics import mass_summary, rank_correlation
 from helpers.models import load_dermnet
-from helpers.report import agree, fmt, table
+from helpers.report import agree, fmt, prediction_margin, table
 from helpers.train import intervention_pair, predict
 
 warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")  # Captum
@@ -50,17 +50,9 @@ shortcut, debiased = load_dermnet("shortcut"), load_dermnet("debiased")
 off, on = intervention_pair(n=256)  # the same clinic-B lesions without and with a ruler
 
 
-def smallest_margin(model, x):
-    """The smallest gap between the top two logits, relative to the largest logit, over the images."""
-    with torch.no_grad():
-        z = model(x)
-    top2 = z.topk(2, 1).values
-    return ((top2[:, 0] - top2[:, 1]) / z.abs().amax(1)).min().item()
-
-
 # the images and targets below are picked by predictions, argmaxes: check that none is a near-tie
 # that another CPU's round-off could flip (as in notebook 01)
-assert all(smallest_margin(model, on.images) > 1e-4 for model in (shortcut, debiased)), "a prediction is a near-tie"
+assert all(prediction_margin(model, on.images) > 1e-4 for model in (shortcut, debiased)), "a prediction is a near-tie"
 
 # %% [markdown]
 # ## 1. Intuition and maths

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers.report import agree, fmt, table
+from helpers.report import agree, fmt, prediction_margin, table
 
 
 @pytest.fixture
@@ -77,3 +77,13 @@ def test_table_passes_a_margin_per_column(strict):
     assert table(rows, 2) == "      r     m\na  0.12  0.12"
     with pytest.raises(ValueError, match="fewer digits"):
         table(rows, 2, atol={"r": 1e-3})
+
+
+def test_prediction_margin():
+    from torch import nn
+
+    model = nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+    x = torch.tensor([[4.0, 1.0], [2.0, 1.9]])  # gaps 3/4 and 0.1/2
+    assert prediction_margin(model, x) == pytest.approx(0.05)
