@@ -262,3 +262,10 @@ def test_target_from_inference_mode(shortcut, batch):
     with torch.inference_mode():
         t = shortcut(x[:2]).argmax(1)
     assert saliency(shortcut, x[:2], t).shape == x[:2].shape
+
+
+def test_integrated_gradients_channels_last_changes_only_round_off(shortcut, batch):
+    x, t = batch
+    a = integrated_gradients(shortcut, x[:4], t[:4], steps=8)
+    b = integrated_gradients(shortcut, x[:4], t[:4], steps=8, channels_last=True)
+    assert b.is_contiguous() and torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(a.abs().max()))
