@@ -51,7 +51,7 @@ def main(repeats: int = 7) -> None:
     x1, t1 = x[:1], t[:1]
     ig = IntegratedGradients(model)
     for label, cl in (("Captum's layout", False), ("channels-last", True)):
-        rows.append((f"IG 224 px, 50 steps, 64 per pass ({label})", *timed_pair(
+        rows.append((f"IG 224 px, 50 steps ({label})", *timed_pair(
             lambda cl=cl: integrated_gradients(model, x1, t1, steps=50, rule="captum_trapezoid", batch_size=64,
                                                channels_last=cl),
             lambda: ig.attribute(x1, target=t1, n_steps=50, method="riemann_trapezoid", internal_batch_size=64),
