@@ -112,15 +112,15 @@ def agree(name: str, ours, theirs, atol: float, *, rtol: float = 0.0, quiet: boo
     return worst
 
 
-def prediction_margin(model, x) -> float:
-    """The smallest gap between an image's top two logits, relative to its largest logit's size,
-    over the batch ``x``. A prediction (an argmax) won by less than round-off, about 1e-6 relative,
-    could go the other way on another CPU: assert that this is far above it before choosing images
-    or targets by prediction."""
-    with torch.no_grad():
-        z = model(x)
-    top2 = z.topk(2, 1).values
-    return ((top2[:, 0] - top2[:, 1]) / z.abs().amax(1)).min().item()
+def prediction_margin(scores: torch.Tensor) -> float:
+    """The smallest gap between an image's top two scores, relative to its largest score's size,
+    over a batch of scores ``[N, K]`` (``helpers.train.logits(model, x)``). A prediction (an argmax)
+    won by less than round-off, about 1e-6 relative, could go the other way on another CPU: assert
+    that this is far above it (1e-4) before choosing images or targets by prediction."""
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.shape[1] < 2:
+        raise ValueError(f"scores must be a tensor [N, K] with K >= 2, got {getattr(scores, 'shape', scores)!r}")
+    top2 = scores.detach().topk(2, 1).values
+    return ((top2[:, 0] - top2[:, 1]) / scores.detach().abs().amax(1)).min().item()
 
 
 def table(rows, digits=3, *, index: str = "", rtol: float = RTOL, atol=ATOL) -> str:

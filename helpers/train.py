@@ -59,8 +59,8 @@ def train_dermnet(clinic: str, *, epochs: int, n_per_epoch: int, batch_size: int
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    """Predicted class per image, in batches, without changing the model's mode.
+def logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """The model's scores [N, K], in batches, in eval mode, without changing the model's mode.
 
     The batches are passed in channels-last layout, which the CPU convolutions run about 1.8x
     faster on; the model itself is not touched.
@@ -68,10 +68,16 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 128)
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([model(images[i:i + batch_size].contiguous(memory_format=torch.channels_last)).argmax(1)
-                          for i in range(0, len(images), batch_size)])
+        with torch.no_grad():
+            return torch.cat([model(images[i:i + batch_size].contiguous(memory_format=torch.channels_last))
+                              for i in range(0, len(images), batch_size)])
     finally:
         model.train(was_training)
+
+
+def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """Predicted class per image (the argmax of ``logits``), without changing the model's mode."""
+    return logits(model, images, batch_size).argmax(1)
 
 
 def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, k: int = len(CLASSES)) -> torch.Tensor:

@@ -41,8 +41,8 @@ from helpers import viz
 from helpers.data import ARTIFACTS, CLASSES, CLINICS, MEL, make_dataset
 from helpers.metrics import mask_share
 from helpers.models import load_dermnet
-from helpers.report import fmt, table
-from helpers.train import TEST_SEEDS, confusion_matrix, intervention_pair, ruler_intervention
+from helpers.report import fmt, prediction_margin, table
+from helpers.train import TEST_SEEDS, confusion_matrix, intervention_pair, logits, ruler_intervention
 
 _ = torch.manual_seed(0)
 
@@ -161,30 +161,18 @@ print("parameters:", sum(p.numel() for p in shortcut.parameters()))
 # ## 3. Suspiciously good
 #
 # Both models are tested on the 2,000 fresh images per clinic drawn above. A prediction is the
-# class with the largest logit; `logits` below runs the model the way `helpers.train.predict` does
-# (in batches, channels-last). An accuracy is a count of such argmaxes, and an argmax that wins by
-# a hair could go the other way on another CPU, whose round-off differs in the last bits. So we also
-# check that no prediction is a near-tie: on every image the winning logit beats the runner-up by
-# more than 1e-4 of the largest logit's size, a hundred times float32 round-off. First the shortcut
+# class with the largest logit (`helpers.train.logits` runs the model in batches, as `predict`
+# does). An accuracy is a count of such argmaxes, and an argmax that wins by a hair could go the
+# other way on another CPU, whose round-off differs in the last bits. So we also check that no
+# prediction is a near-tie: on every image the winning logit beats the runner-up by more than 1e-4
+# of the largest logit's size (`helpers.report.prediction_margin`), a hundred times float32
+# round-off. First the shortcut
 # model on its own clinic:
 
 # %%
-def logits(model, images, batch_size=128):
-    """The model's logits [N, 7], in batches, as helpers.train.predict computes them."""
-    with torch.no_grad():
-        return torch.cat([model(images[i:i + batch_size].contiguous(memory_format=torch.channels_last))
-                          for i in range(0, len(images), batch_size)])
-
-
-def smallest_margin(z):
-    """The smallest gap between the top two logits, relative to the largest logit, over the images."""
-    top2 = z.topk(2, 1).values
-    return ((top2[:, 0] - top2[:, 1]) / z.abs().amax(1)).min().item()
-
-
 z = {(m, c): logits(model, test[c].images) for m, model in [("shortcut", shortcut), ("debiased", debiased)]
      for c in "AB"}
-assert all(smallest_margin(v) > 1e-4 for v in z.values()), "a prediction is a near-tie"
+assert all(prediction_margin(v) > 1e-4 for v in z.values()), "a prediction is a near-tie"
 pred = {k: v.argmax(1) for k, v in z.items()}
 acc = {k: (p == test[k[1]].labels).float().mean().item() for k, p in pred.items()}
 print(f"shortcut model, clinic A: accuracy {fmt(acc['shortcut', 'A'], 2)}")
@@ -250,7 +238,7 @@ plt.show()
 # %%
 pair = intervention_pair()  # the same 2,000 clinic-B lesions: (without ruler, with ruler)
 flips = {m: ruler_intervention(model, pair=pair) for m, model in [("shortcut", shortcut), ("debiased", debiased)]}
-assert all(smallest_margin(logits(model, d.images)) > 1e-4 for model in (shortcut, debiased) for d in pair)
+assert all(prediction_margin(logits(model, d.images)) > 1e-4 for model in (shortcut, debiased) for d in pair)
 for m, f in flips.items():
     print(f"{m:>8} model:  add a ruler -> mel {fmt(f['add'], 2)} (of {f['add_n']} images)   "
           f"remove the ruler -> changed {fmt(f['remove'], 2)} (of {f['remove_n']} images)")

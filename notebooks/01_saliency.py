@@ -42,7 +42,7 @@ from helpers.hooks import capture
 from helpers.metrics import mass_summary, rank_correlation
 from helpers.models import load_dermnet
 from helpers.report import agree, fmt, prediction_margin, table
-from helpers.train import intervention_pair, predict
+from helpers.train import intervention_pair, logits, predict
 
 warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")  # Captum
 torch.manual_seed(0)
@@ -124,7 +124,7 @@ for name, (a, b) in checks.items():
 # runner-up by less than 1e-4 of the largest logit's size (a hundred times float32 round-off).
 
 # %%
-assert all(prediction_margin(model, on.images) > 1e-4 for model in (shortcut, debiased)), "a prediction is a near-tie"
+assert all(prediction_margin(logits(m, on.images)) > 1e-4 for m in (shortcut, debiased)), "a prediction is a near-tie"
 pred_on = predict(shortcut, on.images)
 show = [int(i) for i in ((on.labels == MEL) & (pred_on == MEL)).nonzero()[:2, 0]]
 show += [int(i) for i in ((on.labels == CLASSES.index("nv")) & (pred_on == MEL)).nonzero()[:2, 0]]

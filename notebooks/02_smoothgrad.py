@@ -42,7 +42,7 @@ from helpers.gradients import saliency, smoothgrad
 from helpers.metrics import mass_summary, rank_correlation
 from helpers.models import load_dermnet
 from helpers.report import agree, fmt, prediction_margin, table
-from helpers.train import intervention_pair, predict
+from helpers.train import intervention_pair, logits, predict
 
 warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")  # Captum
 torch.manual_seed(0)
@@ -52,7 +52,7 @@ off, on = intervention_pair(n=256)  # the same clinic-B lesions without and with
 
 # the images and targets below are picked by predictions, argmaxes: check that none is a near-tie
 # that another CPU's round-off could flip (as in notebook 01)
-assert all(prediction_margin(model, on.images) > 1e-4 for model in (shortcut, debiased)), "a prediction is a near-tie"
+assert all(prediction_margin(logits(m, on.images)) > 1e-4 for m in (shortcut, debiased)), "a prediction is a near-tie"
 
 # %% [markdown]
 # ## 1. Intuition and maths

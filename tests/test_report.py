@@ -86,4 +86,7 @@ def test_prediction_margin():
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
     x = torch.tensor([[4.0, 1.0], [2.0, 1.9]])  # gaps 3/4 and 0.1/2
-    assert prediction_margin(model, x) == pytest.approx(0.05)
+    with torch.no_grad():
+        assert prediction_margin(model(x)) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="scores"):
+        prediction_margin(torch.ones(3))
