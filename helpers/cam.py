@@ -44,17 +44,27 @@ def _resize(maps: torch.Tensor, x: torch.Tensor, upsample: bool, mode: str) -> t
     return F.interpolate(maps, size=x.shape[-2:], mode=mode, **kwargs)
 
 
-def layer_activation_and_gradient(model, x, t, layer):
+def layer_activation_and_gradient(model, x, t, layer, reshape=None):
     """The layer's output A [B, K, h, w] and d score_t / d A, from one forward and one backward
-    pass that stops at the layer (nothing below it, and no parameter, gets a gradient)."""
+    pass that stops at the layer (nothing below it, and no parameter, gets a gradient).
+
+    ``reshape``: a function applied to both the output and its gradient, to turn a layer that
+    does not give a feature map into one (a ViT's tokens [B, T, C]: ``helpers.attention.tokens_to_grid``).
+    """
+    if reshape is not None and not callable(reshape):
+        raise TypeError(f"reshape must be a function (tokens -> [B, C, h, w]) or None, got {type(reshape).__name__}")
+    shaped = reshape if reshape is not None else (lambda a: a)
     for input_grad in (False, True):  # the input needs grad only if nothing below the layer does
         with capture(model, layer, gradient=False) as rec, torch.enable_grad():
             out = model(x.detach().requires_grad_(input_grad))
             check_outputs(out, t)
-            _check_feature_map(rec.output, layer)
+            if rec.output is None:
+                _check_feature_map(None, layer)
+            act = shaped(rec.activation)
+            _check_feature_map(act, layer)
             if rec.output.requires_grad:
                 (grad,) = torch.autograd.grad(out.gather(1, t[:, None]).sum(), rec.output)
-                return rec.activation, grad
+                return act, shaped(grad)
     raise ValueError(f"layer {layer!r}: its output does not depend on the input")
 
 
@@ -101,16 +111,18 @@ def cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", fc="fc", upsa
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", relu: bool = True,
-             upsample: bool = True, mode: str = "bilinear") -> torch.Tensor:
+             upsample: bool = True, mode: str = "bilinear", reshape=None) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017, arXiv:1610.02391).
 
         alpha_k = mean_ij  d S_c / d A_k(i, j)          (one weight per channel)
         map     = ReLU( sum_k alpha_k A_k )
 
-    ``relu=False`` keeps the negative evidence (Captum's LayerGradCam default).
+    ``relu=False`` keeps the negative evidence (Captum's LayerGradCam default). ``reshape`` turns
+    a layer's output that is not a feature map into one, e.g. a ViT's tokens with
+    ``helpers.attention.tokens_to_grid`` (pytorch-grad-cam's ``reshape_transform``).
     """
     x, t = _prepare(model, x, target)
-    act, grad = layer_activation_and_gradient(model, x, t, layer)
+    act, grad = layer_activation_and_gradient(model, x, t, layer, reshape)
     weights = grad.mean((2, 3), keepdim=True)
     maps = (weights * act).sum(1, keepdim=True)
     if relu:

@@ -18,15 +18,20 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .data import CLASSES
 
+if TYPE_CHECKING:
+    from .vit import DermViT
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 MANIFEST = DATA_DIR / "MANIFEST.json"
 CHECKPOINTS = ("shortcut", "debiased")
+ARCHITECTURES = ("dermnet", "vit")
 
 # mean and std of DermSynth pixels (clinic B, 4,000 images); fixed constants so that the
 # model does not depend on the data it is given
@@ -105,19 +110,22 @@ class DermNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-def checkpoint_path(name: str) -> Path:
+def checkpoint_path(name: str, arch: str = "dermnet") -> Path:
+    """data/<arch>_<name>.pt, e.g. data/dermnet_shortcut.pt or data/vit_debiased.pt."""
     if name not in CHECKPOINTS:
         raise ValueError(f"name must be one of {CHECKPOINTS}, got {name!r}")
-    return DATA_DIR / f"dermnet_{name}.pt"
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
+    return DATA_DIR / f"{arch}_{name}.pt"
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def verify_checkpoint(name: str) -> Path:
+def verify_checkpoint(name: str, arch: str = "dermnet") -> Path:
     """Check a shipped checkpoint against data/MANIFEST.json; return its path."""
-    path = checkpoint_path(name)
+    path = checkpoint_path(name, arch)
     rebuild = "Rebuild the checkpoints with `make data` (python -m helpers.train)."
     if not MANIFEST.exists():
         raise FileNotFoundError(f"{MANIFEST} is missing. {rebuild}")
@@ -145,3 +153,25 @@ def load_dermnet(name: str = "shortcut") -> DermNet:
     model = DermNet()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
+
+
+def load_vit(name: str = "shortcut") -> DermViT:
+    """Load a shipped DermSynth ViT checkpoint, verified against its sha256, in eval mode.
+
+    name  "shortcut": trained on clinic A, where rulers go with melanoma
+          "debiased": trained on clinic B, where the ruler carries no label information
+    """
+    from .vit import DermViT
+
+    path = verify_checkpoint(name, "vit")
+    model = DermViT()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def __getattr__(name: str):
+    # DermViT lives in helpers.vit, imported on first use: timm adds about 2 s to an import
+    if name == "DermViT":
+        from .vit import DermViT
+        return DermViT
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -208,3 +208,27 @@ def test_check_shapley():
     assert check_shapley(_shapley)
     result = check_shapley(lambda v, k: _shapley(v, k, equal=True))
     assert not result and "equal weight" in result.message
+
+
+# ---- notebook 11 ----
+
+def _my_rollout(attentions, order="left", residual=True, fuse_first=True):
+    out = None
+    for a in attentions:
+        eye = torch.eye(a.shape[-1], dtype=a.dtype)
+        m = a.mean(1) if fuse_first else a
+        m = (0.5 * eye + 0.5 * m) if residual else m
+        out = m if out is None else (m @ out if order == "left" else out @ m)
+    return out if fuse_first else out.mean(1)
+
+
+def test_check_rollout_passes_a_learners_version_and_names_the_slips():
+    from helpers.exercises import check_rollout
+
+    assert check_rollout(_my_rollout)
+    for kwargs, words in (({"order": "right"}, "wrong order"), ({"residual": False}, "left out the residual"),
+                          ({"fuse_first": False}, "fuse the heads of each block first")):
+        result = check_rollout(lambda a, kw=kwargs: _my_rollout(a, **kw))
+        assert not result and words in result.message, result
+    result = check_rollout(lambda a: a[0])
+    assert not result and "shape (2, 3, 5, 5)" in result.message
