@@ -79,7 +79,7 @@ execute: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m helpers.run_notebooks notebooks build
 
-## make data: rebuild the shipped DermNet checkpoints (about 7 minutes on 2 cores)
+## make data: rebuild the shipped checkpoints, DermNet and DermViT (about 12 minutes on 2 cores)
 data: $(STAMP)
 	$(BIN)/python -m helpers.train
 

@@ -44,11 +44,10 @@ import torch.nn.functional as F
 
 import helpers.attention as attention_helpers
 from helpers import viz
-from helpers.attention import (attention_flow, attention_maps, record_attention, relevance, rollout, token_map,
-                               tokens_to_grid, verify_attention)
+from helpers.attention import attention_flow, attention_maps, relevance, rollout, token_map, tokens_to_grid
 from helpers.cam import grad_cam, layer_activation_and_gradient
-from helpers.gradients import gradient_x_input, integrated_gradients, mean_baseline
 from helpers.data import CLASSES, MEL, NV, make_dataset
+from helpers.gradients import gradient_x_input, integrated_gradients, mean_baseline
 from helpers.hooks import count_hooks
 from helpers.metrics import mask_mass, mask_share, rank_correlation
 from helpers.models import load_dermnet, load_vit
@@ -141,7 +140,7 @@ print("\n".join(source[start:start + 14]))
 
 # %%
 print(inspect.getsource(attention_helpers._probabilities))
-with record_attention(vit_s) as rec, torch.no_grad():  # a hook on every block's attn.qkv
+with attention_helpers.record_attention(vit_s) as rec, torch.no_grad():  # a hook on every block's attn.qkv
     hooked = vit_s(x)
 with torch.no_grad():
     plain = vit_s(x)
@@ -161,7 +160,7 @@ print(f"{len(rec.attentions)} blocks, each {tuple(rec.attentions[0].shape)} = [B
 # $1/\sqrt d$ scale, must fail the same test, or the test proves nothing:
 
 # %%
-gaps = verify_attention(vit_s, x)
+gaps = attention_helpers.verify_attention(vit_s, x)
 assert max(gaps) < 1e-5
 print(f"every block of the shortcut ViT rebuilt from its recorded attention to within 1e-5 "
       f"(float32 round-off) on {len(x)} images")
@@ -175,7 +174,7 @@ def unscaled(attn, qkv):  # the same, but without the 1/sqrt(d) scale: a plausib
 
 correct, attention_helpers._probabilities = attention_helpers._probabilities, unscaled
 try:
-    wrong_gaps = verify_attention(vit_s, x)
+    wrong_gaps = attention_helpers.verify_attention(vit_s, x)
 finally:
     attention_helpers._probabilities = correct
 assert min(wrong_gaps) > 1e-2
@@ -199,16 +198,22 @@ axes[1, 0].set_axis_off()
 for ax, (name, m) in zip([*axes[0, 1:], *axes[1, 1:]], cls_rows.items(), strict=True):
     viz.overlay(x[one], m[0], ax=ax, title=f"{name}\nruler {fmt(mask_mass(m, ruler[one:one + 1])[0], 2)}",
                 signed=False)
+on_ruler = {name: float(mask_mass(m, ruler[one:one + 1])[0]) for name, m in cls_rows.items()}
+heads = [on_ruler[f"block 3, head {h}"] for h in range(4)]
+assert on_ruler["block 0"] < 0.2 and on_ruler["block 1"] > 0.45 and 0.2 < on_ruler["block 3"] < 0.6
+assert sum(h > 0.5 for h in heads) == 2 and min(heads) < 0.01
 plt.suptitle("shortcut ViT: CLS attention, head mean per block (top) and the last block's heads (bottom)",
              fontsize=9)
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The first block's CLS token spreads over the lesion; by the last block it looks mostly at the
-# ruler. The four heads of one block also differ; averaging them, as most attention plots do,
-# is a choice. And one block's attention says only how block $l$ mixed the tokens *it was
-# given*, which by then are already mixtures of the input patches.
+# The CLS token's attention moves from block to block: on this image, block 0 spreads it over
+# the lesion and the skin, block 1 puts half of it on the ruler, and the last block splits it
+# between the ruler and one lesion patch. The heads of one block differ too: in the last block,
+# two heads put more than half of their mass on the ruler and one puts none there. Averaging the
+# heads, as most attention plots do, is a choice. And one block's attention says only how that
+# block mixed the tokens *it was given*, which by then are already mixtures of the input patches.
 #
 # ## 4. Attention rollout
 #
