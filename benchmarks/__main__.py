@@ -1,6 +1,14 @@
 """Run every benchmark: ``python -m benchmarks`` (or ``make bench``)."""
 
-from benchmarks import bench_224, bench_attention, bench_cam, bench_data, bench_gradients, bench_perturbation
+from benchmarks import (
+    bench_224,
+    bench_attention,
+    bench_cam,
+    bench_data,
+    bench_featurevis,
+    bench_gradients,
+    bench_perturbation,
+)
 
 if __name__ == "__main__":
     bench_data.main()
@@ -14,3 +22,5 @@ if __name__ == "__main__":
     bench_224.main()
     print()
     bench_attention.main()
+    print()
+    bench_featurevis.main()

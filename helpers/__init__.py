@@ -2,12 +2,14 @@
 
 Modules, one per topic:
     data       DermSynth: synthetic dermoscopy images with ground-truth masks
-    models     DermNet and loading its verified checkpoints
-    train      training and auditing DermNet (python -m helpers.train rebuilds data/)
+    models     DermNet, and loading the verified DermNet and DermViT checkpoints
+    vit        DermViT: timm's VisionTransformer sized for DermSynth (imported on first use)
+    train      training and auditing both models (python -m helpers.train rebuilds data/)
     contract   the method contract's argument checks, shared by every method
     gradients  saliency, gradient x input, SmoothGrad, Integrated Gradients and IG baselines
     cam        CAM, Grad-CAM, Grad-CAM++, Score-CAM, guided backprop, guided Grad-CAM
     perturbation  occlusion, superpixels, LIME, KernelSHAP, exact Shapley, expected gradients
+    attention  ViT attention from fused kernels, rollout, attention flow, Chefer's relevance
     hooks      capture a layer's activation and gradient; hooks always removed
     metrics    mask mass and the pointing game
     viz        overlays and grids with one consistent look

@@ -1,0 +1,426 @@
+"""What a unit wants to see: objectives, feature visualization, dataset search, receptive fields.
+
+    channel, neuron, class_logit, direction   objectives; they add and scale like lucid's
+    visualize          gradient ascent on an image (pixel or Fourier parameterization)
+    top_activating     the k images of a set that excite a channel most, and where
+    receptive_field    the input box a unit at (y, x) of a layer can see, from the architecture
+    crop_boxes         those boxes cut out of the images, resized to one size for a grid
+
+An objective maps what the model computed on a batch of images to one score per image; the
+visualization maximizes it. Objectives combine: ``class_logit(4) + 0.5 * channel("layer4", 7)``.
+Every hook lives inside a ``with`` block and is removed even when the model raises; the model's
+parameters keep their ``requires_grad`` and get no ``.grad``.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .contract import check_batch_size, check_input, check_model
+from .hooks import resolve_layer
+
+# ---- objectives ----
+
+
+class Objective:
+    """A score per image, computed from the recorded layer outputs and the model's logits.
+
+    ``fn(outputs, logits) -> [n]`` where ``outputs`` maps each layer in ``layers`` to its output.
+    ``check(model, outputs)`` validates the objective against the model once, before optimizing.
+    """
+
+    def __init__(self, fn, layers=(), name: str = "objective", checks=()):
+        self.fn, self.layers, self.name, self.checks = fn, tuple(layers), name, tuple(checks)
+
+    def __call__(self, outputs: dict, logits: torch.Tensor) -> torch.Tensor:
+        return self.fn(outputs, logits)
+
+    def check(self, outputs: dict, logits: torch.Tensor) -> None:
+        for check in self.checks:
+            check(outputs, logits)
+
+    def __add__(self, other):
+        if isinstance(other, int | float) and not isinstance(other, bool):
+            return Objective(lambda o, z: self(o, z) + other, self.layers, f"{self.name} + {other}", self.checks)
+        if not isinstance(other, Objective):
+            return NotImplemented
+        return Objective(lambda o, z: self(o, z) + other(o, z), self.layers + other.layers,
+                         f"{self.name} + {other.name}", self.checks + other.checks)
+
+    __radd__ = __add__
+
+    def __mul__(self, scale):
+        if isinstance(scale, bool) or not isinstance(scale, int | float):
+            return NotImplemented
+        return Objective(lambda o, z: scale * self(o, z), self.layers, f"{scale} * {self.name}", self.checks)
+
+    __rmul__ = __mul__
+
+    def __neg__(self):
+        return -1 * self
+
+    def __sub__(self, other):
+        return self + (-1 * other)
+
+    def __repr__(self) -> str:
+        return f"Objective({self.name})"
+
+
+def _check_channel(layer, c):
+    def check(outputs, logits):
+        act = outputs[layer]
+        if act.dim() < 2 or not 0 <= c < act.shape[1]:
+            raise ValueError(f"channel {c} is out of range for layer {layer!r} with output "
+                             f"{tuple(act.shape[1:])} (channels 0..{act.shape[1] - 1})")
+    return check
+
+
+def _check_grid(layer, what):
+    def check(outputs, logits):
+        if outputs[layer].dim() != 4:
+            raise ValueError(f"{what} needs a layer with a spatial grid [B, C, h, w]; layer {layer!r} outputs "
+                             f"{tuple(outputs[layer].shape)}")
+    return check
+
+
+def _int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return value
+
+
+def channel(layer, c: int) -> Objective:
+    """The mean activation of channel ``c`` of ``layer`` over its spatial positions."""
+    _int(c, "channel")
+    return Objective(lambda o, z: o[layer][:, c].flatten(1).mean(1), [layer], f"channel({layer!r}, {c})",
+                     [_check_channel(layer, c)])
+
+
+def neuron(layer, c: int, y: int, x: int) -> Objective:
+    """One neuron: channel ``c`` of ``layer`` at position (y, x) of its grid."""
+    for v, n in ((c, "channel"), (y, "y"), (x, "x")):
+        _int(v, n)
+
+    def check_position(outputs, logits):
+        h, w = outputs[layer].shape[-2:]
+        if not (0 <= y < h and 0 <= x < w):
+            raise ValueError(f"position (y={y}, x={x}) is outside layer {layer!r}'s {h}x{w} grid")
+
+    return Objective(lambda o, z: o[layer][:, c, y, x], [layer], f"neuron({layer!r}, {c}, {y}, {x})",
+                     [_check_grid(layer, "neuron"), _check_channel(layer, c), check_position])
+
+
+def class_logit(c: int) -> Objective:
+    """The logit of class ``c`` (Simonyan et al. 2014's class model, with an L2 penalty in ``visualize``)."""
+    _int(c, "class")
+
+    def check(outputs, logits):
+        if not 0 <= c < logits.shape[1]:
+            raise ValueError(f"class {c} is out of range for a model with {logits.shape[1]} outputs")
+
+    return Objective(lambda o, z: z[:, c], [], f"class_logit({c})", [check])
+
+
+def direction(layer, vector) -> Objective:
+    """A direction in ``layer``'s activation space: the mean over positions of <a(y, x), v> / |v|.
+
+    ``vector`` has one entry per channel (``[C]``: the same direction at every position, as a CAV
+    or an SAE latent read at each position), or the shape of one image's whole activation
+    (``[C, h, w]`` or ``[C*h*w]``: a direction in the flattened space).
+    """
+    v = torch.as_tensor(vector, dtype=torch.float32).detach()
+    if v.norm() == 0 or not torch.isfinite(v).all():
+        raise ValueError("vector must be finite and not all zero")
+    v = v / v.norm()
+
+    def score(o, z):
+        act = o[layer]
+        if v.numel() == act.shape[1] and v.dim() == 1:
+            return torch.einsum("bc...,c->b...", act, v.to(act)).flatten(1).mean(1)
+        return act.flatten(1) @ v.flatten().to(act)
+
+    def check(outputs, logits):
+        act = outputs[layer]
+        if not (v.dim() == 1 and v.numel() == act.shape[1]) and v.numel() != act[0].numel():
+            raise ValueError(f"vector has shape {tuple(v.shape)}; layer {layer!r} outputs {tuple(act.shape[1:])}: "
+                             f"give one entry per channel ({act.shape[1]}) or one per activation ({act[0].numel()})")
+
+    return Objective(score, [layer], f"direction({layer!r})", [check])
+
+
+@contextmanager
+def _recording(model, layers):
+    """Forward hooks that keep each layer's live output (for gradients); always removed."""
+    modules = {name: resolve_layer(model, name) for name in dict.fromkeys(layers)}
+    outputs, handles = {}, []
+
+    def hook_for(name):
+        def hook(module, inputs, output):
+            if name in outputs:
+                raise ValueError(f"layer {name!r} ran twice in one forward pass; use a module that runs once")
+            outputs[name] = output
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(hook_for(name)))
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# ---- parameterizations ----
+
+def colour_correlation_sqrt(images: torch.Tensor) -> torch.Tensor:
+    """The square root (via SVD) of the colour covariance of ``images`` [N, 3, H, W], scaled so its
+    largest column norm is 1: lucid's ``color_correlation_svd_sqrt``, measured on DermSynth
+    rather than taken from ImageNet."""
+    pixels = images.permute(1, 0, 2, 3).reshape(3, -1).double()
+    cov = torch.cov(pixels)
+    u, s, _ = torch.linalg.svd(cov)
+    sqrt = u @ torch.diag(s.sqrt())
+    return (sqrt / sqrt.norm(dim=0).max()).float()
+
+
+def fft_scale(size: int, decay: float = 1.0) -> torch.Tensor:
+    """1 / f^decay for the rfft2 frequencies of a ``size`` x ``size`` image (lucid's spectrum scaling),
+    with the zero frequency given the lowest non-zero frequency's weight."""
+    fy = torch.fft.fftfreq(size)[:, None]
+    fx = torch.fft.rfftfreq(size)[None, :]
+    freq = (fx ** 2 + fy ** 2).sqrt()
+    return 1.0 / freq.clamp_min(1.0 / size) ** decay
+
+
+def fft_image(spectrum: torch.Tensor, size: int, decay: float = 1.0) -> torch.Tensor:
+    """Fourier parameterization: real/imaginary parts ``[n, 3, size, size//2+1, 2]`` to pixels
+    ``[n, 3, size, size]`` (before colour decorrelation and the sigmoid): irfft2 of the scaled spectrum."""
+    scaled = torch.view_as_complex(spectrum.contiguous()) * fft_scale(size, decay).to(spectrum.device)
+    return torch.fft.irfft2(scaled, s=(size, size), norm="ortho")
+
+
+def to_rgb(raw: torch.Tensor, colour: torch.Tensor | None) -> torch.Tensor:
+    """Decorrelated colour space -> [0, 1] pixels: apply the colour square root, then a sigmoid."""
+    if colour is not None:
+        raw = torch.einsum("ij,bjhw->bihw", colour.to(raw), raw)
+    return torch.sigmoid(raw)
+
+
+# ---- transforms and penalties ----
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels, per image [n]."""
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().flatten(1).mean(1)
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().flatten(1).mean(1)
+    return dy + dx
+
+
+def diversity(outputs: torch.Tensor) -> torch.Tensor:
+    """Mean pairwise cosine similarity of the images' Gram matrices at a layer (lucid's diversity):
+    a penalty that pushes a batch of visualizations apart."""
+    n = outputs.shape[0]
+    if n < 2:
+        return outputs.new_zeros(())
+    flat = outputs.flatten(2)
+    gram = F.normalize((flat @ flat.transpose(1, 2)).flatten(1), dim=1)
+    sim = gram @ gram.T
+    return (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))
+
+
+def default_transforms(size: int):
+    """Transformation robustness (Olah et al. 2017), scaled to a 64-pixel image: pad, jitter by up to
+    4 pixels, scale by 0.9-1.1, rotate by up to 10 degrees, jitter again."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.Pad(4, padding_mode="reflect"), v2.RandomCrop(size + 4),
+                       v2.RandomAffine(degrees=10, scale=(0.9, 1.1)), v2.RandomCrop(size)])
+
+
+# ---- visualization ----
+
+def visualize(model: nn.Module, objective: Objective, *, size: int = 64, steps: int = 128, lr: float = 0.05,
+              param: str = "fft", transforms="default", n: int = 1, seed: int = 0, l2: float = 0.0,
+              tv: float = 0.0, blur_every: int = 0, blur_sigma: float = 0.5, colour: torch.Tensor | None = None,
+              diversity_layer=None, diversity_weight: float = 0.0, return_history: bool = False):
+    """Maximize ``objective`` over ``n`` images by gradient ascent (Adam); return ``[n, 3, size, size]``.
+
+    param        "fft": Fourier coefficients scaled by 1/f (Olah et al. 2017); "pixel": raw pixels
+    transforms   "default" (``default_transforms``), None, or any callable on a [n, 3, H, W] batch,
+                 applied afresh every step
+    l2, tv       weights of an L2 penalty (on the image minus grey) and of total variation
+    blur_every   blur the image parameters every k steps (Yosinski et al. 2015; pixel only)
+    colour       a 3x3 colour square root (``colour_correlation_sqrt``) to decorrelate colours
+    diversity_layer, diversity_weight   a penalty on the Gram similarity of the n images
+    seed         every random draw (the start and the transforms) comes from it; the caller's
+                 random state is left as it was
+    return_history  also return the objective's batch mean at every step
+
+    The model's parameters are not changed and get no gradient (only the image's is taken).
+    """
+    check_model(model)
+    check_batch_size(n, "n")
+    check_batch_size(steps, "steps")
+    if param not in ("fft", "pixel"):
+        raise ValueError(f"param must be 'fft' or 'pixel', got {param!r}")
+    if not isinstance(objective, Objective):
+        raise TypeError(f"objective must be an Objective (channel, neuron, class_logit, direction), "
+                        f"got {type(objective).__name__}")
+    if transforms == "default":
+        transforms = default_transforms(size)
+    if transforms is not None and not callable(transforms):
+        raise TypeError("transforms must be 'default', None or a callable")
+    if blur_every and param != "pixel":
+        raise ValueError("blur_every applies to param='pixel' (blur the pixels, not the spectrum)")
+    layers = list(objective.layers) + ([diversity_layer] if diversity_layer is not None else [])
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    history = []
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+        torch.manual_seed(seed)
+        if param == "fft":
+            params = (0.01 * torch.randn(n, 3, size, size // 2 + 1, 2, device=device)).requires_grad_(True)
+        else:
+            params = (0.01 * torch.randn(n, 3, size, size, device=device)).requires_grad_(True)
+        opt = torch.optim.Adam([params], lr=lr)
+
+        def image():
+            raw = fft_image(params, size) if param == "fft" else params
+            return to_rgb(raw, colour)
+
+        with _recording(model, layers) as outputs:
+            for step in range(steps):
+                outputs.clear()
+                img = image()
+                view = transforms(img) if transforms is not None else img
+                logits = model(view)
+                if step == 0:
+                    objective.check(outputs, logits)
+                score = objective(outputs, logits)
+                loss = -score.mean()
+                if l2:
+                    loss = loss + l2 * (img - 0.5).pow(2).flatten(1).sum(1).mean()
+                if tv:
+                    loss = loss + tv * total_variation(img).mean()
+                if diversity_layer is not None and diversity_weight:
+                    loss = loss + diversity_weight * diversity(outputs[diversity_layer])
+                (grad,) = torch.autograd.grad(loss, params)
+                params.grad = grad
+                opt.step()
+                params.grad = None
+                history.append(float(score.detach().mean()))
+                if blur_every and (step + 1) % blur_every == 0:
+                    from torchvision.transforms.v2 import functional as TF
+                    with torch.no_grad():
+                        k = 2 * math.ceil(2 * blur_sigma) + 1
+                        params.copy_(TF.gaussian_blur(params, [k, k], [blur_sigma, blur_sigma]))
+        with torch.no_grad():
+            result = image().detach()
+    return (result, history) if return_history else result
+
+
+# ---- dataset search and receptive fields ----
+
+@torch.no_grad()
+def top_activating(model: nn.Module, layer, channel: int, images: torch.Tensor, k: int = 9,
+                   batch_size: int = 256):
+    """The ``k`` images of ``images`` on which ``channel`` of ``layer`` reaches its largest value,
+    and where: ``(image_index, y, x, value)``, each a tensor of length k, by value descending.
+
+    One position per image (its maximum), so the k images are distinct. The channel's map is kept,
+    never the whole layer, so memory stays small over thousands of images. For a layer without a
+    grid ([B, C]), y = x = 0.
+    """
+    check_model(model)
+    check_input(images, "images", model=model)
+    check_batch_size(batch_size)
+    _int(channel, "channel")
+    _int(k, "k")
+    if not 1 <= k <= images.shape[0]:
+        raise ValueError(f"k must be between 1 and the number of images ({images.shape[0]}), got {k}")
+    module = resolve_layer(model, layer)
+    maps = []
+
+    def hook(mod, inputs, output):
+        if not 0 <= channel < output.shape[1]:
+            raise ValueError(f"channel {channel} is out of range for layer {layer!r} with "
+                             f"{output.shape[1]} channels")
+        maps.append(output[:, channel].detach().reshape(output.shape[0], -1) if output.dim() == 4
+                    else output[:, channel].detach().reshape(-1, 1))
+        shape.append(output.shape)
+
+    shape = []
+    handle = module.register_forward_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(images), batch_size):
+            model(images[i:i + batch_size].contiguous(memory_format=torch.channels_last))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    flat = torch.cat(maps)  # [N, h*w]
+    best, where = flat.max(1)
+    value, index = best.topk(k)
+    w = shape[0][-1] if len(shape[0]) == 4 else 1
+    pos = where[index]
+    return index, pos // w, pos % w, value
+
+
+@torch.no_grad()
+def receptive_field(model: nn.Module, layer, y: int, x: int, image_size: int = 64):
+    """The input box ``(top, left, bottom, right)`` (bottom/right exclusive, clipped to the image)
+    that the unit at (y, x) of ``layer`` can see.
+
+    Found from the architecture, not from a table: a NaN placed in one input row spreads through
+    every convolution, pooling and residual branch to exactly the positions that row can reach,
+    whatever the weights (0 x NaN is NaN). One batched forward pass with one NaN row per image and
+    one with one NaN column per image give, for each layer row and column, the input rows and
+    columns it depends on. (A global pooling layer sees the whole image.)
+    """
+    check_model(model)
+    for v, n in ((y, "y"), (x, "x"), (image_size, "image_size")):
+        _int(v, n)
+    module = resolve_layer(model, layer)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    seen = []
+    handle = module.register_forward_hook(lambda mod, inputs, output: seen.append(output.detach()))
+    was_training = model.training
+    model.eval()
+    try:
+        probe = torch.full((2 * image_size, 3, image_size, image_size), 0.5, dtype=dtype, device=device)
+        idx = torch.arange(image_size)
+        probe[idx, :, idx, :] = float("nan")  # image r: row r is NaN
+        probe[image_size + idx, :, :, idx] = float("nan")  # image image_size + c: column c is NaN
+        model(probe)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    out = seen[0]
+    if out.dim() != 4:
+        return 0, 0, image_size, image_size
+    h, w = out.shape[-2:]
+    if not (0 <= y < h and 0 <= x < w):
+        raise ValueError(f"position (y={y}, x={x}) is outside layer {layer!r}'s {h}x{w} grid")
+    hit = torch.isnan(out).any(1)  # [2 S, h, w]
+    rows = torch.nonzero(hit[:image_size, y, x])[:, 0]
+    cols = torch.nonzero(hit[image_size:, y, x])[:, 0]
+    if len(rows) == 0 or len(cols) == 0:
+        raise ValueError(f"the unit at (y={y}, x={x}) of layer {layer!r} does not depend on the input")
+    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+
+
+def crop_boxes(images: torch.Tensor, boxes, size: int = 32) -> torch.Tensor:
+    """Cut each box ``(top, left, bottom, right)`` out of its image and resize it to ``size`` pixels
+    (bilinear): ``[k, 3, size, size]``, ready for ``viz.image_grid``."""
+    if len(boxes) != len(images):
+        raise ValueError(f"got {len(boxes)} boxes for {len(images)} images")
+    crops = []
+    for img, (top, left, bottom, right) in zip(images, boxes, strict=True):
+        crop = img[:, top:bottom, left:right][None]
+        crops.append(F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False))
+    return torch.cat(crops)
