@@ -6,6 +6,7 @@
     rollout           Abnar & Zuidema's attention rollout, [B, T, T]
     attention_flow    Abnar & Zuidema's attention flow (a max-flow per input token), [B, T]
     relevance         Chefer et al.'s gradient-weighted relevance, under the method contract
+    unfused_attention timm's own unfused path, recorded: an independent route, for checks
     token_map         CLS-to-patch rows [B, T] as maps [B, 1, H, W] at input size
     tokens_to_grid    patch tokens [B, T, C] as a feature map [B, C, h, w] (for Grad-CAM)
 
@@ -377,9 +378,39 @@ def relevance(model: nn.Module, x: torch.Tensor, target, mode: str = "nearest") 
         out = model(x.detach().requires_grad_(True))  # so that A needs grad even for a frozen model
         check_outputs(out, t)
         grads = torch.autograd.grad(out.gather(1, t[:, None]).sum(), rec.attentions)
-    n = rec.attentions[0].shape[-1]
-    r = torch.eye(n, device=x.device).expand(x.shape[0], n, n)
-    with torch.no_grad():
-        for a, g in zip(rec.attentions, grads, strict=True):
-            r = r + (g * a).clamp(min=0).mean(1) @ r
-    return token_map(r[:, 0], grid, size=tuple(x.shape[-2:]), mode=mode)
+    return token_map(relevance_rule(rec.attentions, grads)[:, 0], grid, size=tuple(x.shape[-2:]), mode=mode)
+
+
+@torch.no_grad()
+def relevance_rule(attentions, grads) -> torch.Tensor:
+    """Chefer et al.'s accumulation, ``[B, T, T]``: R = I, then R <- R + mean_h[(grad ⊙ A)^+] R per block."""
+    n = attentions[0].shape[-1]
+    r = torch.eye(n, device=attentions[0].device).expand(attentions[0].shape[0], n, n)
+    for a, g in zip(attentions, grads, strict=True):
+        r = r + (g * a).clamp(min=0).mean(1) @ r
+    return r
+
+
+@contextmanager
+def unfused_attention(model: nn.Module):
+    """timm's own slow path inside the ``with`` block: ``fused_attn`` switched off on every block
+    (and restored), the probabilities it forms recorded where it passes them to ``attn_drop``.
+
+        with unfused_attention(model) as probs:
+            out = model(x)          # probs: one live [B, heads, T, T] per block
+
+    A second, independent route to the attention and its gradient, for checking ``record_attention``
+    and ``relevance``; it changes the model's arithmetic while it lasts (by round-off only).
+    """
+    blocks = vit_blocks(model)
+    probs, handles, flags = [], [], [b.attn.fused_attn for b in blocks]
+    try:
+        for b in blocks:
+            handles.append(b.attn.attn_drop.register_forward_hook(lambda m, i, o: probs.append(o)))
+            b.attn.fused_attn = False
+        yield probs
+    finally:
+        for b, flag in zip(blocks, flags, strict=True):
+            b.attn.fused_attn = flag
+        for h in handles:
+            h.remove()

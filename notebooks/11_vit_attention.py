@@ -306,29 +306,20 @@ print(f"one image: rollout {t_roll * 1e3:.1f} ms; flow {t_flow:.2f} s with SciPy
 
 # %%
 print(inspect.getsource(relevance).split('"""')[2].strip())
+print()
+print(inspect.getsource(attention_helpers.relevance_rule))
 
 # %% [markdown]
 # The check: the same rule through a second, independent route to $\nabla_A S_c$, timm's own
-# unfused path (`fused_attn` off, the probabilities taken at its `attn_drop` module).
+# unfused path (`unfused_attention`: `fused_attn` off for the block, the probabilities taken at its
+# `attn_drop` module, where timm's slow path passes them).
 
 # %%
 def relevance_unfused(model, x, target):
-    probs = []
-    hooks = [b.attn.attn_drop.register_forward_hook(lambda m, i, o: probs.append(o)) for b in model.blocks]
-    try:
-        for b in model.blocks:
-            b.attn.fused_attn = False
+    with attention_helpers.unfused_attention(model) as probs:
         out = model(x.clone().requires_grad_(True))
         grads = torch.autograd.grad(out[:, target].sum(), probs)
-    finally:
-        for b in model.blocks:
-            b.attn.fused_attn = True
-        for h in hooks:
-            h.remove()
-    r = torch.eye(65).expand(len(x), 65, 65)
-    for a, g in zip(probs, grads, strict=True):
-        r = r + (g * a).clamp(min=0).mean(1) @ r
-    return token_map(r[:, 0].detach(), model.grid)
+    return token_map(attention_helpers.relevance_rule(probs, grads)[:, 0], model.grid)
 
 
 rel_s = relevance(vit_s, x, MEL)

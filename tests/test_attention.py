@@ -80,18 +80,9 @@ def test_verify_attention_can_fail(vit, x, monkeypatch):
 
 def test_attention_matches_timms_unfused_path(vit, x):
     """timm's own unfused branch forms the probabilities and passes them through attn_drop."""
-    seen = []
-    hooks = [b.attn.attn_drop.register_forward_hook(lambda m, i, o: seen.append(o.detach())) for b in vit.blocks]
-    try:
-        for b in vit.blocks:
-            b.attn.fused_attn = False
-        with torch.no_grad():
-            vit(x)
-    finally:
-        for b in vit.blocks:
-            b.attn.fused_attn = True
-        for h in hooks:
-            h.remove()
+    with attention.unfused_attention(vit) as seen, torch.no_grad():
+        vit(x)
+    assert all(b.attn.fused_attn for b in vit.blocks) and count_hooks(vit) == 0
     for ours, theirs in zip(attention_maps(vit, x), seen, strict=True):
         assert torch.allclose(ours, theirs, atol=1e-6)
 
@@ -292,23 +283,10 @@ def test_grad_cam_on_tokens_matches_pytorch_grad_cam(vit, x):
 
 def _relevance_unfused(model, x, target):
     """Chefer's rule through timm's own unfused attention (probabilities hooked at attn_drop)."""
-    probs = []
-    hooks = [b.attn.attn_drop.register_forward_hook(lambda m, i, o: probs.append(o)) for b in model.blocks]
-    try:
-        for b in model.blocks:
-            b.attn.fused_attn = False
+    with attention.unfused_attention(model) as probs:
         out = model(x.clone().requires_grad_(True))
         grads = torch.autograd.grad(out[range(len(x)), target].sum(), probs)
-    finally:
-        for b in model.blocks:
-            b.attn.fused_attn = True
-        for h in hooks:
-            h.remove()
-    n = probs[0].shape[-1]
-    r = torch.eye(n).expand(len(x), n, n)
-    for a, g in zip(probs, grads, strict=True):
-        r = r + (g * a).clamp(min=0).mean(1) @ r
-    return r[:, 0, 1:].reshape(-1, 8, 8)
+    return attention.relevance_rule(probs, grads)[:, 0, 1:].reshape(-1, 8, 8)
 
 
 def test_relevance_matches_the_rule_through_timms_unfused_path(vit, x):
