@@ -199,9 +199,10 @@ def fft_scale(size: int, decay: float = 1.0) -> torch.Tensor:
 
 def fft_image(spectrum: torch.Tensor, size: int, decay: float = 1.0) -> torch.Tensor:
     """Fourier parameterization: real/imaginary parts ``[n, 3, size, size//2+1, 2]`` to pixels
-    ``[n, 3, size, size]`` (before colour decorrelation and the sigmoid): irfft2 of the scaled spectrum."""
+    ``[n, 3, size, size]`` (before colour decorrelation and the sigmoid): irfft2 of the scaled
+    spectrum, divided by 4 (lucid's constant, which keeps the start away from saturation)."""
     scaled = torch.view_as_complex(spectrum.contiguous()) * fft_scale(size, decay).to(spectrum.device)
-    return torch.fft.irfft2(scaled, s=(size, size), norm="ortho")
+    return torch.fft.irfft2(scaled, s=(size, size), norm="ortho") / 4.0
 
 
 def to_rgb(raw: torch.Tensor, colour: torch.Tensor | None) -> torch.Tensor:

@@ -15,6 +15,7 @@ from helpers.featurevis import (
     fft_scale,
     neuron,
     receptive_field,
+    to_rgb,
     top_activating,
     visualize,
 )
@@ -137,7 +138,7 @@ def test_fft_parameterization_against_torch_fft():
     torch.manual_seed(0)
     spectrum = torch.randn(1, 3, 16, 9, 2)
     scale = fft_scale(16)
-    direct = torch.fft.irfft2(torch.complex(spectrum[..., 0], spectrum[..., 1]) * scale, s=(16, 16), norm="ortho")
+    direct = torch.fft.irfft2(torch.complex(spectrum[..., 0], spectrum[..., 1]) * scale, s=(16, 16), norm="ortho") / 4
     assert torch.allclose(fft_image(spectrum, 16), direct, atol=1e-6)
     assert scale[0, 0] == scale[0, 1] and scale[0, 1] > scale[4, 4]  # 1/f, the DC term capped
 
@@ -155,3 +156,36 @@ def test_crop_boxes_resizes_each_box():
     crops = crop_boxes(images, [(0, 0, 16, 16), (10, 20, 42, 52)], size=32)
     assert crops.shape == (2, 3, 32, 32)
     assert torch.allclose(crops[1], images[1, :, 10:42, 20:52])  # same size: unchanged
+
+
+def test_fourier_parameterization_and_ascent_match_lucent(shortcut, batch):
+    """torch-lucent (lucid for PyTorch), with DermSynth's colour matrix in place of ImageNet's: the
+    same start from the same seed, the same forward map, and the same images after 5 Adam steps
+    without transforms."""
+    import lucent.optvis.param.color as lucent_colour
+    from lucent.optvis import objectives, render
+    from lucent.optvis import param as lucent_param
+
+    colour = colour_correlation_sqrt(batch[0])
+    saved = lucent_colour.color_correlation_normalized
+    lucent_colour.color_correlation_normalized = colour.numpy()
+    try:
+        torch.manual_seed(0)
+        params, image_f = lucent_param.image(64, batch=2, fft=True, decorrelate=True)
+        with torch.no_grad():
+            assert torch.allclose(image_f(), to_rgb(fft_image(params[0], 64), colour), atol=1e-6)
+        torch.manual_seed(0)
+        theirs = render.render_vis(shortcut, objectives.channel("layer4", 3),
+                                   lambda: lucent_param.image(64, batch=2, fft=True, decorrelate=True),
+                                   transforms=[], thresholds=(5,), preprocess=False, fixed_image_size=64,
+                                   show_image=False, progress=False)[-1]
+    finally:
+        lucent_colour.color_correlation_normalized = saved
+        shortcut.zero_grad(set_to_none=True)  # lucent's loss.backward() fills the model's .grad
+        leaked = count_hooks(shortcut)  # and render_vis leaves a forward hook on every module
+        for module in shortcut.modules():
+            module._forward_hooks.clear()
+    assert leaked > 0
+    ours = visualize(shortcut, channel("layer4", 3), steps=5, n=2, seed=0, transforms=None, colour=colour)
+    assert torch.allclose(ours, torch.as_tensor(theirs).permute(0, 3, 1, 2), atol=1e-5)
+    assert count_hooks(shortcut) == 0
