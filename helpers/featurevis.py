@@ -425,3 +425,22 @@ def crop_boxes(images: torch.Tensor, boxes, size: int = 32) -> torch.Tensor:
         crop = img[:, top:bottom, left:right][None]
         crops.append(F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False))
     return torch.cat(crops)
+
+
+def ruler_periodicity(images: torch.Tensor, period: int = 4, depth: int = 10) -> torch.Tensor:
+    """A simple ruler detector for DermSynth: per image, the largest share (over the four edges) of
+    the brightness profile's AC power at the ruler's tick frequency (one tick every ``period``
+    pixels), in the strip ``depth`` pixels deep along that edge. ``[N]`` in [0, 1]; a ruler gives a
+    sharp peak at that frequency, skin and lesions spread their power over many.
+    """
+    check_input(images, "images")
+    grey = images.mean(1)  # [N, H, W]
+    strips = [grey[:, :depth].mean(1), grey[:, -depth:].mean(1), grey[:, :, :depth].mean(2),
+              grey[:, :, -depth:].mean(2)]  # top, bottom, left, right: [N, L] profiles along the edge
+    scores = []
+    for profile in strips:
+        profile = profile - profile.mean(1, keepdim=True)
+        power = torch.fft.rfft(profile, dim=1).abs().pow(2)[:, 1:]  # drop the DC term
+        k = profile.shape[1] // period  # the tick frequency's bin
+        scores.append(power[:, k - 1] / power.sum(1).clamp_min(1e-12))
+    return torch.stack(scores, 1).amax(1)

@@ -232,3 +232,25 @@ def test_check_rollout_passes_a_learners_version_and_names_the_slips():
         assert not result and words in result.message, result
     result = check_rollout(lambda a: a[0])
     assert not result and "shape (2, 3, 5, 5)" in result.message
+
+
+# ---- notebook 08 ----
+
+def test_check_fft_scale_passes_ours_and_names_the_infinite_dc():
+    from helpers.exercises import check_fft_scale
+    from helpers.featurevis import fft_scale
+
+    assert check_fft_scale(fft_scale)
+    uncapped = lambda s: 1 / (torch.fft.rfftfreq(s)[None] ** 2 + torch.fft.fftfreq(s)[:, None] ** 2).sqrt()  # noqa: E731
+    result = check_fft_scale(uncapped)
+    assert not result and "infinite weight at the zero frequency" in result.message
+    assert not check_fft_scale(lambda s: fft_scale(s) ** 2)
+
+
+def test_check_ruler_channels_question_is_answered_from_the_data():
+    from helpers.exercises import check_ruler_channels_question
+
+    right, wrong = check_ruler_channels_question(True), check_ruler_channels_question(False)
+    assert right.passed != wrong.passed  # exactly one answer is right
+    assert "of its top 9 images have a ruler" in right.message
+    assert not check_ruler_channels_question("yes")

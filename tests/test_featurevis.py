@@ -189,3 +189,13 @@ def test_fourier_parameterization_and_ascent_match_lucent(shortcut, batch):
     ours = visualize(shortcut, channel("layer4", 3), steps=5, n=2, seed=0, transforms=None, colour=colour)
     assert torch.allclose(ours, torch.as_tensor(theirs).permute(0, 3, 1, 2), atol=1e-5)
     assert count_hooks(shortcut) == 0
+
+
+def test_ruler_detector_separates_images_with_and_without_a_ruler():
+    from helpers.data import make_dataset
+    from helpers.featurevis import ruler_periodicity
+
+    on = ruler_periodicity(make_dataset(64, clinic="B", seed=9, ruler=True).images)
+    off = ruler_periodicity(make_dataset(64, clinic="B", seed=9, ruler=False).images)
+    assert (on[:, None] > off[None]).float().mean() > 0.98
+    assert on.median() > 10 * off.median()
