@@ -41,8 +41,8 @@ import torch
 
 from helpers import viz
 from helpers.data import MEL, make_dataset
-from helpers.featurevis import (channel, class_logit, colour_correlation_sqrt, crop_boxes, fft_image, neuron,
-                                receptive_field, ruler_periodicity, to_rgb, top_activating, visualize)
+from helpers.featurevis import (channel, class_logit, colour_correlation_sqrt, crop_boxes, direction, fft_image,
+                                neuron, receptive_field, ruler_periodicity, to_rgb, top_activating, visualize)
 from helpers.hooks import capture, count_hooks
 from helpers.models import load_dermnet
 from helpers.report import agree, fmt, table
@@ -79,6 +79,17 @@ with capture(shortcut, "layer4") as r4, capture(shortcut, "layer3") as r3, torch
 by_hand = z[:, MEL] + 0.5 * r4.activation[:, 7].mean((1, 2)) - r3.activation[:, 2, 4, 4]
 _ = agree("objective vs by hand, 4 images", combo({"layer4": r4.activation, "layer3": r3.activation}, z),
           by_hand, atol=1e-6)
+
+# %% [markdown]
+# A **direction** is what later notebooks will visualize (a concept's CAV in notebook 10, a sparse
+# autoencoder's latent in notebook 14). One direction in `layer4` is already known: the row of the
+# final layer's weights for melanoma. Since DermNet averages `layer4` over positions before `fc`,
+# the mel logit is $\lVert w \rVert \cdot \mathrm{direction}(w) + b$, exactly:
+
+# %%
+w_mel, b_mel = shortcut.fc.weight[MEL].detach(), shortcut.fc.bias[MEL].detach()
+along = direction("layer4", w_mel)({"layer4": r4.activation}, z)
+_ = agree("|w| direction(layer4, w_mel) + b vs the mel logit", w_mel.norm() * along + b_mel, z[:, MEL], atol=1e-5)
 
 # %% [markdown]
 # ## 2. Class model visualization, and what each regularizer does
