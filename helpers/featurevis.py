@@ -444,3 +444,41 @@ def ruler_periodicity(images: torch.Tensor, period: int = 4, depth: int = 10) ->
         k = profile.shape[1] // period  # the tick frequency's bin
         scores.append(power[:, k - 1] / power.sum(1).clamp_min(1e-12))
     return torch.stack(scores, 1).amax(1)
+
+
+def lucent_reference(model: nn.Module, layer: str, c: int, colour: torch.Tensor, steps: int, n: int = 2,
+                     seed: int = 0, size: int = 64):
+    """torch-lucent's own ``render_vis`` on channel ``c`` of ``layer`` (lucent's layer name: module
+    path joined by "_"), as the reference for ``visualize``: Fourier parameterization, colours
+    decorrelated with ``colour`` (put in place of lucent's ImageNet matrix for the call), Adam at
+    0.05, no transforms, seeded as ours is.
+
+    Returns ``(spectrum, start, images, leaked)``: lucent's starting parameters and the image they
+    map to, the images after ``steps`` steps ``[n, 3, size, size]``, and how many hooks lucent
+    left on the model. Those hooks, and the gradients lucent leaves in the model's ``.grad``, are
+    removed before returning.
+    """
+    import lucent.optvis.param.color as lucent_colour
+    from lucent.optvis import objectives, render
+    from lucent.optvis import param as lucent_param
+
+    saved = lucent_colour.color_correlation_normalized
+    lucent_colour.color_correlation_normalized = colour.numpy()
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            params, image_f = lucent_param.image(size, batch=n, fft=True, decorrelate=True)
+            with torch.no_grad():
+                start = image_f()
+            torch.manual_seed(seed)
+            images = render.render_vis(model, objectives.channel(layer.replace(".", "_"), c),
+                                       lambda: lucent_param.image(size, batch=n, fft=True, decorrelate=True),
+                                       transforms=[], thresholds=(steps,), preprocess=False, fixed_image_size=size,
+                                       show_image=False, progress=False)[-1]
+    finally:
+        lucent_colour.color_correlation_normalized = saved
+        leaked = sum(len(m._forward_hooks) for m in model.modules())
+        for module in model.modules():
+            module._forward_hooks.clear()
+        model.zero_grad(set_to_none=True)
+    return params[0].detach(), start, torch.as_tensor(images).permute(0, 3, 1, 2), leaked

@@ -42,7 +42,8 @@ import torch
 from helpers import viz
 from helpers.data import MEL, make_dataset
 from helpers.featurevis import (channel, class_logit, colour_correlation_sqrt, crop_boxes, direction, fft_image,
-                                neuron, receptive_field, ruler_periodicity, to_rgb, top_activating, visualize)
+                                lucent_reference, neuron, receptive_field, ruler_periodicity, to_rgb, top_activating,
+                                visualize)
 from helpers.hooks import capture, count_hooks
 from helpers.models import load_dermnet
 from helpers.report import agree, fmt, table
@@ -157,37 +158,17 @@ plt.show()
 # lucent is the PyTorch port of lucid, the library of the Distill articles. With DermSynth's
 # colour matrix put in place of its ImageNet one, the same seed gives the same starting spectrum;
 # its forward map (spectrum to image) and its optimization loop (Adam at 0.05, no transforms)
-# should then match ours step for step.
+# should then match ours step for step. `lucent_reference` runs lucent's own `render_vis` so, and
+# cleans up after it.
 
 # %%
-import lucent.optvis.param.color as lucent_colour  # noqa: E402
-from lucent.optvis import objectives as lucent_objectives  # noqa: E402
-from lucent.optvis import param as lucent_param  # noqa: E402
-from lucent.optvis import render  # noqa: E402
-
 print(inspect.getsource(fft_image))
-saved = lucent_colour.color_correlation_normalized
-lucent_colour.color_correlation_normalized = colour.numpy()
-try:
-    torch.manual_seed(0)
-    params, image_f = lucent_param.image(64, batch=2, fft=True, decorrelate=True)
-    with torch.no_grad():
-        _ = agree("spectrum -> image, ours vs lucent", to_rgb(fft_image(params[0], 64), colour), image_f(), atol=1e-6)
-    torch.manual_seed(0)
-    theirs = render.render_vis(shortcut, lucent_objectives.channel("layer4", 3),
-                               lambda: lucent_param.image(64, batch=2, fft=True, decorrelate=True),
-                               transforms=[], thresholds=(20,), preprocess=False, fixed_image_size=64,
-                               show_image=False, progress=False)[-1]
-finally:
-    lucent_colour.color_correlation_normalized = saved
-    leaked = count_hooks(shortcut)
-    for module in shortcut.modules():  # lucent leaves a forward hook on every module...
-        module._forward_hooks.clear()
-    shortcut.zero_grad(set_to_none=True)  # ...and gradients in the model's .grad
+spectrum, start, theirs, leaked = lucent_reference(shortcut, "layer4", 3, colour, steps=20, n=2, seed=0)
+with torch.no_grad():
+    _ = agree("spectrum -> image, ours vs lucent", to_rgb(fft_image(spectrum, 64), colour), start, atol=1e-6)
 ours = visualize(shortcut, channel("layer4", 3), steps=20, n=2, seed=0, transforms=None, colour=colour)
-_ = agree("20 Adam steps on channel layer4:3, ours vs lucent", ours, torch.as_tensor(theirs).permute(0, 3, 1, 2),
-          atol=1e-5)
-print(f"lucent's render_vis left {leaked} forward hooks on DermNet's modules (removed above); "
+_ = agree("20 Adam steps on channel layer4:3, ours vs lucent", ours, theirs, atol=1e-5)
+print(f"lucent's render_vis left {leaked} forward hooks on DermNet's modules (lucent_reference removes them); "
       f"ours leaves {count_hooks(shortcut)}")
 
 # %% [markdown]

@@ -162,40 +162,12 @@ def test_fourier_parameterization_and_ascent_match_lucent(shortcut, batch):
     """torch-lucent (lucid for PyTorch), with DermSynth's colour matrix in place of ImageNet's: the
     same start from the same seed, the same forward map, and the same images after 5 Adam steps
     without transforms."""
-    import lucent.optvis.param.color as lucent_colour
-    from lucent.optvis import objectives, render
-    from lucent.optvis import param as lucent_param
+    from helpers.featurevis import lucent_reference
 
     colour = colour_correlation_sqrt(batch[0])
-    saved = lucent_colour.color_correlation_normalized
-    lucent_colour.color_correlation_normalized = colour.numpy()
-    try:
-        torch.manual_seed(0)
-        params, image_f = lucent_param.image(64, batch=2, fft=True, decorrelate=True)
-        with torch.no_grad():
-            assert torch.allclose(image_f(), to_rgb(fft_image(params[0], 64), colour), atol=1e-6)
-        torch.manual_seed(0)
-        theirs = render.render_vis(shortcut, objectives.channel("layer4", 3),
-                                   lambda: lucent_param.image(64, batch=2, fft=True, decorrelate=True),
-                                   transforms=[], thresholds=(5,), preprocess=False, fixed_image_size=64,
-                                   show_image=False, progress=False)[-1]
-    finally:
-        lucent_colour.color_correlation_normalized = saved
-        shortcut.zero_grad(set_to_none=True)  # lucent's loss.backward() fills the model's .grad
-        leaked = count_hooks(shortcut)  # and render_vis leaves a forward hook on every module
-        for module in shortcut.modules():
-            module._forward_hooks.clear()
-    assert leaked > 0
+    spectrum, start, theirs, leaked = lucent_reference(shortcut, "layer4", 3, colour, steps=5)
+    assert torch.allclose(to_rgb(fft_image(spectrum, 64), colour), start, atol=1e-6)
+    assert leaked > 0 and count_hooks(shortcut) == 0  # lucent leaves hooks; the reference removes them
+    assert all(p.grad is None for p in shortcut.parameters())
     ours = visualize(shortcut, channel("layer4", 3), steps=5, n=2, seed=0, transforms=None, colour=colour)
-    assert torch.allclose(ours, torch.as_tensor(theirs).permute(0, 3, 1, 2), atol=1e-5)
-    assert count_hooks(shortcut) == 0
-
-
-def test_ruler_detector_separates_images_with_and_without_a_ruler():
-    from helpers.data import make_dataset
-    from helpers.featurevis import ruler_periodicity
-
-    on = ruler_periodicity(make_dataset(64, clinic="B", seed=9, ruler=True).images)
-    off = ruler_periodicity(make_dataset(64, clinic="B", seed=9, ruler=False).images)
-    assert (on[:, None] > off[None]).float().mean() > 0.98
-    assert on.median() > 10 * off.median()
+    assert torch.allclose(ours, theirs, atol=1e-5)
