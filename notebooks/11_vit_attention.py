@@ -478,13 +478,15 @@ for name in ("shortcut", "debiased"):
     roll, last = agreement["rollout"], agreement["attention, last block"]
     assert roll[f"{name}: vs grad x input"] > last[f"{name}: vs grad x input"] + 0.15
     assert abs(roll[f"{name}: vs occlusion"] - last[f"{name}: vs occlusion"]) < 0.05
+    assert max(float(v) for v in agreement["Grad-CAM, blocks[-1].norm1"].values()) < 0.2
+assert agreement["Grad-CAM, blocks[-1].norm1"]["debiased: vs grad x input"] < -0.2
 
 # %% [markdown]
 # Abnar & Zuidema's finding holds in part: rollout agrees much better than the last block's raw
 # attention with gradient × input, on both models, but with occlusion the two are level, and
-# neither agrees with it well. Grad-CAM on tokens hardly agrees with anything, as it is often
-# found not to on ViTs. And agreement is not truth: two maps can agree and both be wrong about
-# the model.
+# neither agrees with it well. Grad-CAM on tokens agrees with nothing (on the debiased model it
+# even orders the patches against gradient × input), as it is often found not to on ViTs. And
+# agreement is not truth: two maps can agree and both be wrong about the model.
 
 # %% [markdown]
 # ## 11. The intervention decides

@@ -1,8 +1,11 @@
 """Datasets and models shared by several tests (drawn once per session)."""
 
+import shutil
+
 import pytest
 import torch
 
+import helpers.models as models
 from helpers.data import make_dataset
 from helpers.models import load_dermnet
 from helpers.train import N_TEST, TEST_SEEDS, intervention_pair
@@ -46,3 +49,14 @@ def batch(test_sets):
     """Eight held-out clinic-A images and their labels, for method tests."""
     ds = test_sets["A"][:8]
     return ds.images, ds.labels
+
+
+@pytest.fixture
+def data_copy(tmp_path, monkeypatch):
+    """A copy of data/ that the test may damage."""
+    for f in models.DATA_DIR.iterdir():
+        if f.is_file():
+            shutil.copy(f, tmp_path / f.name)
+    monkeypatch.setattr(models, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(models, "MANIFEST", tmp_path / "MANIFEST.json")
+    return tmp_path

@@ -5,7 +5,6 @@ The figures are measured on freshly generated test images whose seeds are disjoi
 """
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -62,17 +61,6 @@ def test_load_gives_eval_mode_and_small_checkpoints(shortcut):
 def test_unknown_checkpoint_name():
     with pytest.raises(ValueError, match="name must be one of"):
         load_dermnet("resnet50")
-
-
-@pytest.fixture
-def data_copy(tmp_path, monkeypatch):
-    """A copy of data/ that the test may damage."""
-    for f in models.DATA_DIR.iterdir():
-        if f.is_file():
-            shutil.copy(f, tmp_path / f.name)
-    monkeypatch.setattr(models, "DATA_DIR", tmp_path)
-    monkeypatch.setattr(models, "MANIFEST", tmp_path / "MANIFEST.json")
-    return tmp_path
 
 
 def test_altered_checkpoint_is_refused(data_copy):

@@ -56,15 +56,8 @@ def test_load_gives_eval_mode_verified_checkpoints(vit_shortcut):
         load_vit("vit_b_16")
 
 
-def test_altered_vit_checkpoint_is_refused(tmp_path, monkeypatch):
-    import shutil
-
-    for f in models.DATA_DIR.iterdir():
-        if f.is_file():
-            shutil.copy(f, tmp_path / f.name)
-    monkeypatch.setattr(models, "DATA_DIR", tmp_path)
-    monkeypatch.setattr(models, "MANIFEST", tmp_path / "MANIFEST.json")
-    path = tmp_path / "vit_shortcut.pt"
+def test_altered_vit_checkpoint_is_refused(data_copy):
+    path = data_copy / "vit_shortcut.pt"
     raw = bytearray(path.read_bytes())
     raw[-100] ^= 0xFF
     path.write_bytes(bytes(raw))
