@@ -5,6 +5,7 @@ from benchmarks import (
     bench_attention,
     bench_cam,
     bench_data,
+    bench_deconv,
     bench_featurevis,
     bench_gradients,
     bench_perturbation,
@@ -24,3 +25,5 @@ if __name__ == "__main__":
     bench_attention.main()
     print()
     bench_featurevis.main()
+    print()
+    bench_deconv.main()

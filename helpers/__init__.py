@@ -9,6 +9,8 @@ Modules, one per topic:
     gradients  saliency, gradient x input, SmoothGrad, Integrated Gradients and IG baselines
     cam        CAM, Grad-CAM, Grad-CAM++, Score-CAM, guided backprop, guided Grad-CAM
     perturbation  occlusion, superpixels, LIME, KernelSHAP, exact Shapley, expected gradients
+    featurevis feature visualization (objectives, visualize), dataset search, receptive fields
+    deconv     the three ReLU rules, the deconvnet (by autograd and by hand), transposed convolution
     attention  ViT attention from fused kernels, rollout, attention flow, Chefer's relevance
     hooks      capture a layer's activation and gradient; hooks always removed
     metrics    mask mass and the pointing game

@@ -15,13 +15,12 @@ raises; nothing else about the model or the input changes.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .contract import check_batch_size, check_input, check_model, check_outputs, check_target
+from .deconv import rule_backprop
 from .hooks import capture, resolve_layer
 
 
@@ -199,37 +198,6 @@ def score_cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", batch_s
     return (maps, weights) if return_weights else maps
 
 
-class _GuidedReLU(torch.autograd.Function):
-    """ReLU forward; backward passes only positive gradients, and only where the input was positive."""
-
-    @staticmethod
-    def forward(ctx, inp):
-        ctx.save_for_backward(inp)
-        return inp.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (inp,) = ctx.saved_tensors
-        return grad_out.clamp(min=0) * (inp > 0)
-
-
-@contextmanager
-def guided_relus(model: nn.Module):
-    """Inside the block, every ``nn.ReLU`` module of ``model`` backpropagates guidedly."""
-    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-    if not relus:
-        raise ValueError("guided backprop overrides nn.ReLU modules, and this model has none "
-                         "(functional relu calls cannot be overridden)")
-    handles = []
-    try:
-        for m in relus:
-            handles.append(m.register_forward_hook(lambda mod, inputs, out: _GuidedReLU.apply(inputs[0])))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def guided_backprop(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     """Guided backpropagation (Springenberg et al. 2015, arXiv:1412.6806).
 
@@ -237,13 +205,7 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     gradients, and only where the forward input was positive. Sharp and pretty; the sanity-checks
     notebook shows how little it depends on the model's weights.
     """
-    x, t = _prepare(model, x, target)
-    xg = x.requires_grad_(True)
-    with guided_relus(model), torch.enable_grad():
-        out = model(xg)
-        check_outputs(out, t)
-        (grad,) = torch.autograd.grad(out.gather(1, t[:, None]).sum(), xg)
-    return grad
+    return rule_backprop(model, x, target, "guided")  # helpers.deconv: the three ReLU rules
 
 
 def guided_grad_cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", mode: str = "nearest") -> torch.Tensor:
