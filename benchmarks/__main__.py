@@ -4,6 +4,7 @@ from benchmarks import (
     bench_224,
     bench_attention,
     bench_cam,
+    bench_concepts,
     bench_data,
     bench_deconv,
     bench_featurevis,
@@ -25,5 +26,7 @@ if __name__ == "__main__":
     bench_attention.main()
     print()
     bench_featurevis.main()
+    print()
+    bench_concepts.main()
     print()
     bench_deconv.main()

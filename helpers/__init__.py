@@ -12,6 +12,7 @@ Modules, one per topic:
     featurevis feature visualization (objectives, visualize), dataset search, receptive fields
     deconv     the three ReLU rules, the deconvnet (by autograd and by hand), transposed convolution
     attention  ViT attention from fused kernels, rollout, attention flow, Chefer's relevance
+    concepts   concept sets from DermSynth, CAVs, TCAV with its significance test
     hooks      capture a layer's activation and gradient; hooks always removed
     metrics    mask mass and the pointing game
     viz        overlays and grids with one consistent look
