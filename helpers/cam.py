@@ -155,7 +155,7 @@ def grad_cam_pp(model: nn.Module, x: torch.Tensor, target, layer="layer4", upsam
 
 def score_cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", batch_size: int = 128,
               upsample: bool = True, mode: str = "bilinear", subtract_baseline: bool = True,
-              align_corners: bool = False, return_weights: bool = False):
+              align_corners: bool = False, score: str = "probability", return_weights: bool = False):
     """Score-CAM (Wang et al. 2020, arXiv:1910.01279): no gradients.
 
         H_k   = normalise( upsample(A_k) ) to [0, 1]          (one mask per channel)
@@ -167,10 +167,15 @@ def score_cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", batch_s
     for class c gets negative weights everywhere and an empty map. The B * K masked inputs are
     scored ``batch_size`` at a time. ``return_weights`` also returns the weights [B, K].
     ``align_corners`` is how the activations are upsampled into masks: False as in ``F.interpolate``'s
-    default (and Captum), True as pytorch-grad-cam's ``nn.UpsamplingBilinear2d``.
+    default (and Captum), True as pytorch-grad-cam's ``nn.UpsamplingBilinear2d``. ``score="logit"``
+    scores a masked input by its class logit instead of its softmax probability: the number
+    pytorch-grad-cam and torchcam compute before they take a softmax over the channels.
     """
     x, t = _prepare(model, x, target)
     check_batch_size(batch_size)
+    if score not in ("probability", "logit"):
+        raise ValueError(f"score must be 'probability' or 'logit', got {score!r}")
+    to_score = (lambda z: z.softmax(1)) if score == "probability" else (lambda z: z)
     with capture(model, layer) as rec, torch.no_grad():
         out = model(x)
     check_outputs(out, t)
@@ -184,13 +189,13 @@ def score_cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", batch_s
     img = torch.arange(b, device=x.device).repeat_interleave(k)
     flat = masks.reshape(b * k, 1, *x.shape[-2:])
     with torch.no_grad():
-        base = model(torch.zeros_like(x[:1])).softmax(1)[0]  # p(black image), per class
+        base = to_score(model(torch.zeros_like(x[:1])))[0]  # the black image's score, per class
         if not subtract_baseline:
             base = torch.zeros_like(base)
         for start in range(0, b * k, batch_size):
             i = img[start:start + batch_size]
             masked = (x[i] * flat[start:start + batch_size]).contiguous(memory_format=torch.channels_last)
-            probs = model(masked).softmax(1)  # channels-last: ~1.8x faster on CPU, same values to ~1e-7
+            probs = to_score(model(masked))  # channels-last: ~1.8x faster on CPU, same values to ~1e-7
             scores[start:start + batch_size] = probs.gather(1, t[i][:, None])[:, 0] - base[t[i]]
     weights = scores.view(b, k)
     maps = F.relu((weights[:, :, None, None] * act).sum(1, keepdim=True))
@@ -202,8 +207,8 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     """Guided backpropagation (Springenberg et al. 2015, arXiv:1412.6806).
 
     The input gradient, except that at every ReLU the backward pass lets through only positive
-    gradients, and only where the forward input was positive. Sharp and pretty; the sanity-checks
-    notebook shows how little it depends on the model's weights.
+    gradients, and only where the forward input was positive. Sharp and pretty, and little
+    dependent on the model's weights or the class (notebooks 04 and 09 measure both).
     """
     return rule_backprop(model, x, target, "guided")  # helpers.deconv: the three ReLU rules
 

@@ -177,6 +177,31 @@ def make_dataset(
                      masks=masks, seed=int(seed))
 
 
+def two_lesions(labels=("mel", "mel"), *, seed: int = 0, shift: int = 16, size: int = IMAGE_SIZE):
+    """One DermSynth image with two lesions side by side on one skin, and no artifacts.
+
+    Both lesions are drawn as ``make_dataset`` draws them, then moved ``shift`` pixels left and
+    right: moved, not rolled, so nothing wraps around the frame (what moves in is empty). Returns
+    ``(image [1, 3, H, W], left lesion mask, right lesion mask)``, the masks bool ``[1, H, W]``.
+    """
+    if not isinstance(shift, int) or isinstance(shift, bool) or not 0 <= shift < size // 2:
+        raise ValueError(f"shift must be an int in [0, {size // 2}), got {shift!r}")
+    y = _as_labels(list(labels), 2)
+    g = torch.Generator().manual_seed(int(seed))
+    img = _draw_skin(1, size, g)
+    rgb, alpha = _draw_lesions(y, size, g)
+
+    def moved(t: torch.Tensor, by: int) -> torch.Tensor:  # columns shifted by ``by``, zeros moved in
+        return F.pad(t, (max(by, 0), max(-by, 0)))[..., max(-by, 0):max(-by, 0) + size]
+
+    masks = []
+    for k, by in ((0, -shift), (1, shift)):
+        a = moved(alpha[k:k + 1], by)
+        img = _blend(img, moved(rgb[k:k + 1], by), a)
+        masks.append(a[:, 0] > 0.5)
+    return img.clamp(0, 1), masks[0], masks[1]
+
+
 def _as_labels(labels, n: int) -> torch.Tensor:
     if isinstance(labels, (int, str)):
         labels = [labels] * n

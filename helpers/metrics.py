@@ -130,14 +130,32 @@ def mass_summary(attr: torch.Tensor, masks: dict, names=("ruler", "lesion"), poi
     return out
 
 
-def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman rank correlation per image between two maps ``[B, ...]`` (ties broken by position).
+def _average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks 0 .. n-1 along each row of ``values`` [B, n]; tied values share the mean of their ranks."""
+    b, n = values.shape
+    ordered, order = values.sort(dim=1)
+    new_value = torch.ones_like(ordered, dtype=torch.bool)
+    new_value[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    group = new_value.long().cumsum(1) - 1 + n * torch.arange(b, device=values.device)[:, None]  # unique per row
+    position = torch.arange(n, device=values.device, dtype=torch.float64).expand(b, n)
+    first = torch.full((b * n,), float(n), dtype=torch.float64, device=values.device)
+    first = first.scatter_reduce(0, group.flatten(), position.flatten(), "amin")
+    count = torch.bincount(group.flatten(), minlength=b * n).double()
+    shared = (first + (count - 1) / 2)[group]  # the mean rank of each value's group, in sorted order
+    return torch.empty_like(shared).scatter_(1, order, shared)
 
-    1 means the two maps order the pixels identically; 0 means unrelated orderings.
+
+def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation per image between two maps ``[B, ...]``: the Pearson correlation
+    of their ranks, tied values given the mean of their ranks (as ``scipy.stats.spearmanr`` does).
+
+    1 means the two maps order the pixels identically; 0 means unrelated orderings. Ties matter:
+    a Grad-CAM map after its ReLU is mostly exact zeros, and ranking those by position instead
+    would invent an order that both maps share. A map that is constant over an image has no
+    ordering; its correlation is NaN.
     """
     if a.shape != b.shape or a.dim() < 2:
         raise ValueError(f"a and b must be batches of maps of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    ra = a.detach().flatten(1).argsort(1).argsort(1).double()
-    rb = b.detach().flatten(1).argsort(1).argsort(1).double()
+    ra, rb = _average_ranks(a.detach().flatten(1)), _average_ranks(b.detach().flatten(1))
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     return ((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))).float()

@@ -456,7 +456,8 @@ def gradient_shap_draws(library: str, batch: int, n_samples: int, n_background: 
 
 def expected_gradients(model: torch.nn.Module, x: torch.Tensor, target, background: torch.Tensor,
                        n_samples: int = 50, seed: int = 0, batch_size: int = 64, draws=None) -> torch.Tensor:
-    """Expected gradients, or GradientSHAP (Erion et al. 2021, arXiv:1906.10670; Lundberg & Lee 2017).
+    """Expected gradients (Erion et al. 2021, arXiv:1906.10670), which shap and Captum call GradientSHAP
+    (not one of Lundberg & Lee 2017's estimators: those are Kernel, Linear, Deep and Max SHAP).
 
         EG(x) = E_{b ~ background, a ~ U(0, 1)} [ (x - b) * dS_c/dx (b + a (x - b)) ]
 

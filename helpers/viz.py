@@ -122,11 +122,12 @@ def image_grid(images, titles=None, ncols: int = 8, size: float = 1.5):
 
 
 def attribution_grid(images, maps: dict, row_titles=None, signed: bool | None = None,
-                     size: float = 1.8, shared_scale: bool = False):
+                     size: float = 1.8, shared_scale: bool = False, colorbar: bool = False):
     """Images down the rows, methods across the columns: ``maps`` is {method name: [N, ...] maps}.
 
     The first column shows the image. Titles of the top row name the methods; ``row_titles`` (one
-    per image) label the first column. ``shared_scale`` puts each method's maps on one colour scale.
+    per image) label the first column. ``shared_scale`` puts each method's maps on one colour scale;
+    ``colorbar`` draws it under the column (with ``shared_scale``) or beside every map.
     """
     n, names = len(images), list(maps)
     fig, axes = plt.subplots(n, len(names) + 1, figsize=((len(names) + 1) * size, n * size * 1.05),
@@ -136,6 +137,10 @@ def attribution_grid(images, maps: dict, row_titles=None, signed: bool | None = 
         for j, name in enumerate(names):
             vmax = float(np.percentile(_magnitudes(maps[name]), 99)) if shared_scale else None
             overlay(images[i], maps[name][i], ax=axes[i, j + 1], signed=signed, vmax=vmax,
-                    title=name if i == 0 else None)
+                    title=name if i == 0 else None, colorbar=colorbar and not shared_scale)
     fig.tight_layout()
+    if colorbar and shared_scale:  # one bar under each method's column, after the layout is set
+        for j in range(len(names)):
+            fig.colorbar(axes[-1, j + 1].images[-1], ax=axes[:, j + 1], orientation="horizontal",
+                         fraction=0.04, pad=0.02)
     return fig

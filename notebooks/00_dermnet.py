@@ -32,6 +32,20 @@
 #
 # This notebook uses no attribution method yet. It sets up the running example that every later
 # notebook explains, and it ends on the question the course answers: *what is the model looking at?*
+#
+# **The story is not made up.** Classifiers that score well for the wrong reason have a name,
+# shortcut learning (Geirhos et al. 2020, "Shortcut learning in deep neural networks",
+# [arXiv:2004.07780](https://arxiv.org/abs/2004.07780)), and a history: a "husky vs wolf"
+# classifier that looked at the snow (Ribeiro et al. 2016, "Why should I trust you?",
+# [arXiv:1602.04938](https://arxiv.org/abs/1602.04938)); "Clever Hans" models that read a
+# copyright tag on horse pictures (Lapuschkin et al. 2019, "Unmasking Clever Hans predictors and
+# assessing what machines really learn", Nature Communications 10:1096); and, in dermoscopy
+# itself, a market-approved classifier whose melanoma scores rose when the dermatologist's
+# surgical skin markings were in the image (Winkler et al. 2019, JAMA Dermatology 155(10):1135).
+# In the ISIC data the field trains on, artifacts such as rulers, ink markings and dark corners are
+# common enough that models score well above chance with the lesion itself hidden (Bissoto et al.
+# 2019, "(De)Constructing bias on skin lesion datasets", CVPR Workshops). DermNet's ruler is that
+# problem, built so that we know the answer.
 
 # %%
 import matplotlib.pyplot as plt

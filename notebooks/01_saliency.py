@@ -277,8 +277,10 @@ plt.show()
 # - **Noisy at the pixel level**, as measured above: do not read meaning into single bright pixels.
 # - **Choices that change the picture:** logit or probability, absolute value or sign, maximum or
 #   sum over the channels. State them when you show a map.
-# - **A map that looks plausible is not evidence that it is faithful.** The sanity-checks notebook (12)
-#   randomises the model's weights and watches whether the map changes at all.
+# - **A map that looks plausible is not evidence that it is faithful.** The test is to randomise
+#   the model's weights and watch whether the map changes at all (Adebayo et al. 2018); notebook 04
+#   does it for Grad-CAM and guided backprop, and notebook 09 shows why some maps barely depend on
+#   the class they explain.
 
 # %% [markdown]
 # ## 8. Your turn
@@ -323,5 +325,5 @@ check_saliency(my_saliency)
 #   share of the image on the ruler and about three times the debiased model's ruler mass; the
 #   debiased model's maps sit on the lesion.
 #
-# **Next: 02 · SmoothGrad.** Average the gradient over noisy copies of the image, and the grain
-# turns into a shape.
+# **Next: 02 · SmoothGrad.** Average the gradient over noisy copies of the image: does the map
+# hold still under small input changes, and does it still find the ruler?

@@ -85,26 +85,38 @@ alphas = torch.linspace(0, 1, 41)
 path = b0 + alphas.view(-1, 1, 1, 1) * (x0 - b0)
 with torch.no_grad():
     scores = shortcut(path)[:, MEL]
-grad_norm = saliency(shortcut, path, MEL, abs=False).flatten(1).norm(dim=1)
+grads = saliency(shortcut, path, MEL, abs=False)
+grad_norm = grads.flatten(1).norm(dim=1)
+along = (grads * (x0 - b0)).flatten(1).sum(1)  # dS/dalpha: the gradient's component along the path, times |x - b|
 
-fig, axes = plt.subplots(1, 3, figsize=(12, 3), gridspec_kw={"width_ratios": [2.2, 1, 1]})
+fig, axes = plt.subplots(1, 4, figsize=(15, 3), gridspec_kw={"width_ratios": [2.2, 1, 1, 1]})
 viz.show_image(torch.cat([p for p in path[::8]], 2), ax=axes[0], title="the path: alpha = 0, 0.2, ..., 1")
 axes[1].plot(alphas, scores)
 axes[1].set(xlabel="alpha", ylabel="mel logit", title="score along the path")
-axes[2].plot(alphas, grad_norm)
-axes[2].set(xlabel="alpha", ylabel="|gradient|", title="gradient size along the path")
+axes[2].plot(alphas, along)
+axes[2].axhline(0, color="grey", lw=0.8)
+axes[2].set(xlabel="alpha", ylabel="dS/dalpha", title="gradient along (x - b)")
+axes[3].plot(alphas, grad_norm)
+axes[3].set(xlabel="alpha", ylabel="|gradient|", title="gradient size")
 plt.tight_layout()
 plt.show()
 last_quarter = (scores[-1] - scores[30]) / (scores[-1] - scores[0])  # alphas[30] = 0.75
 print(f"the mel logit goes from {fmt(scores[0], 1)} (black) to {fmt(scores[-1], 1)} (the image); the last "
       f"quarter of the path, alpha 0.75 to 1, accounts for {fmt(100 * last_quarter, 1)}% of that change")
+steepest = along.abs().max()
+print(f"at the image (alpha = 1): the gradient along the path is {fmt(along[-1].abs() / steepest, 2)} of its "
+      f"largest size on the path; the gradient's own size is {fmt(grad_norm[-1] / grad_norm.max(), 2)} of its largest")
 assert scores[0] > scores[-1] and last_quarter < 0.1  # a fall, nearly all of it before alpha = 0.75
+assert along[-1].abs() < 0.1 * steepest and grad_norm[-1] > 0.5 * grad_norm.max()
 
 # %% [markdown]
 # The score changes steadily for three quarters of the walk and then flattens: near the image, more
-# of the image changes the score little. That flat end is all the gradient at $x$ sees; IG adds up
-# the whole walk. Note also where the walk starts, and that the change is a *fall*: the black image
-# is an extremely confident melanoma for DermNet. For both models, while a flat image of the
+# of the image changes the score little. What flattens is the gradient's component along the path,
+# $\nabla S \cdot (x - b)$, which falls to almost nothing at the image. The gradient itself stays
+# large there: it points in directions that leave the path. So the gradient at $x$ says how the
+# score would move if the pixels moved elsewhere, and almost nothing about how the score got from
+# $b$ to $x$; IG adds up the whole walk. Note also where the walk starts, and that the change is
+# a *fall*: the black image is an extremely confident melanoma for DermNet. For both models, while a flat image of the
 # dataset's mean colour is close to neutral:
 
 # %%
@@ -201,14 +213,25 @@ print(table(rows, 3, index="steps"))
 
 # %% [markdown]
 # On DermNet the same factor holds exactly: Captum's trapezoid attributions are our trapezoid
-# attributions times $(n-1)/n$. This is the "about 2% apart at n=50" seen when comparing Captum's
-# trapezoid with its Gauss-Legendre default: it is a weighting slip, not a quadrature error.
+# attributions times $(n-1)/n$. So Captum's own two rules, trapezoid and its Gauss-Legendre
+# default, sit about $1/n$ apart, about 2% at $n = 50$ (the slip, plus each rule's own quadrature
+# error): a weighting slip, not a difference between quadrature rules.
 
 # %%
 n = 20
 ours_trap = integrated_gradients(shortcut, x12, t12, steps=n, rule="trapezoid")
 captum_trap = ig_captum.attribute(x12, target=t12, n_steps=n, method="riemann_trapezoid")
 _ = agree("ours * (n-1)/n vs Captum's riemann_trapezoid", ours_trap * (n - 1) / n, captum_trap, 1e-6)
+with torch.no_grad():  # images whose score changes by more than 5 along the path: a tiny change makes any ratio noisy
+    change = (shortcut(x12) - shortcut(torch.zeros_like(x12))).gather(1, t12[:, None])[:, 0]
+keep = (change.abs() > 5).nonzero()[:4, 0]
+x4, t4 = x12[keep], t12[keep]
+trap50 = ig_captum.attribute(x4, target=t4, n_steps=50, method="riemann_trapezoid").flatten(1).sum(1)
+gl50 = ig_captum.attribute(x4, target=t4, n_steps=50, method="gausslegendre").flatten(1).sum(1)
+ratio = trap50 / gl50
+print(f"Captum at n=50, sum of attributions, riemann_trapezoid / gausslegendre, 4 images: "
+      f"{', '.join(fmt(r, 3) for r in ratio)} (49/50 = {fmt(49 / 50, 3)})")
+assert ((ratio > 0.97) & (ratio < 1)).all() and abs(ratio.median() - 0.98) < 0.01
 
 # %% [markdown]
 # ## 4. Completeness, checked

@@ -66,7 +66,9 @@ print("labels of the 16 ruler images:", sorted({CLASSES[int(c)] for c in rulers.
 # Positive: hiding the pixels lowers the score, so they supported the class. Every pixel gets the
 # average drop of the windows that cover it. Nothing about the model is needed but its output.
 #
-# One window by hand first: cover the ruler's top-left corner region with the mean skin colour.
+# One window by hand first: cover a 16×16 patch of the ruler, on the 8-pixel grid nearest the
+# middle of its strip, with DermSynth's mean colour. (Here the ruler runs along the bottom edge; the
+# patch's top-left corner is printed in the figure.)
 
 # %%
 ruler_rows, ruler_cols = torch.nonzero(rulers.masks["ruler"][0], as_tuple=True)

@@ -352,8 +352,10 @@ assert 0.005 < errors.mean()[25] / largest < 0.015 and errors.mean()[2000] / lar
 # KernelSHAP treats the model as a black box and needs many forward passes per image. When
 # gradients are available, there is another way to share out the score. Integrated Gradients
 # (notebook 03) shares out $S_c(x) - S_c(b)$ for a single baseline $b$. **Expected gradients**
-# (Erion et al. 2021, [arXiv:1906.10670](https://arxiv.org/abs/1906.10670); GradientSHAP in
-# Lundberg & Lee 2017) averages it over baselines drawn from a background set $B$ of real images,
+# (Erion et al. 2021, [arXiv:1906.10670](https://arxiv.org/abs/1906.10670); shap's
+# `GradientExplainer` and Captum's `GradientShap` implement it under the name GradientSHAP, which
+# is not one of the estimators of Lundberg & Lee 2017: Kernel, Linear, Deep and Max SHAP) averages
+# it over baselines drawn from a background set $B$ of real images,
 # and estimates both the path integral and that average with one random point per sample:
 #
 # $$\mathrm{EG}_i(x) = \mathbb{E}_{b \sim B,\ \alpha \sim U(0,1)}

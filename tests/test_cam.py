@@ -235,3 +235,24 @@ def test_a_thousand_calls_leave_no_hooks_and_no_tensors(name):
         call()
     assert count_hooks(model) == 0
     assert _live_tensors() == before
+
+
+def test_score_cam_logit_scores_match_pytorch_grad_cam(shortcut, batch):
+    """pytorch-grad-cam's ScoreCAM: the masked inputs' class logits, softmaxed over the channels."""
+    import contextlib
+    import io
+
+    from pytorch_grad_cam import ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from helpers.cam import layer_activation_and_gradient
+
+    x, t = batch[0][:2], batch[1][:2]
+    _, w = score_cam(shortcut, x, t, subtract_baseline=False, align_corners=True, score="logit",
+                     return_weights=True)
+    act, _ = layer_activation_and_gradient(shortcut, x, t, "layer4")
+    with ScoreCAM(shortcut, [shortcut.layer4]) as sc, contextlib.redirect_stderr(io.StringIO()):
+        theirs = sc.get_cam_weights(x, None, [ClassifierOutputTarget(int(c)) for c in t], act.numpy(), None)
+    assert (w.softmax(1) - torch.as_tensor(theirs)).abs().max() <= 1e-6
+    with pytest.raises(ValueError, match="score must be"):
+        score_cam(shortcut, x, t, score="rank")

@@ -119,3 +119,16 @@ def test_bad_arguments_name_the_argument(kwargs, word):
     n = kwargs.pop("n")
     with pytest.raises(ValueError, match=word):
         make_dataset(n, **kwargs)
+
+
+def test_two_lesions_moves_without_wrapping():
+    from helpers.data import two_lesions
+
+    img, left, right = two_lesions(("mel", "nv"), seed=1, shift=16)
+    assert img.shape == (1, 3, 64, 64) and left.shape == right.shape == (1, 64, 64)
+    assert 0 <= img.min() and img.max() <= 1
+    cols_left, cols_right = left[0].any(0).nonzero()[:, 0], right[0].any(0).nonzero()[:, 0]
+    assert cols_left.float().mean() < 32 < cols_right.float().mean()  # one lesion on each side
+    assert not right[0, :, :16].any() and not left[0, :, -16:].any()  # nothing wrapped around the frame
+    with pytest.raises(ValueError, match="shift"):
+        two_lesions(shift=40)

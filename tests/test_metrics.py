@@ -125,3 +125,21 @@ def test_pointing_game_refuses_a_near_threshold_image_when_strict(monkeypatch):
     monkeypatch.setenv("COURSE_STRICT", "1")
     with pytest.raises(ValueError, match="round-off of the tie threshold"):
         pointing_game(attr, mask)
+
+
+def test_rank_correlation_gives_ties_their_average_rank_as_scipy_does():
+    from scipy.stats import spearmanr
+
+    from helpers.metrics import rank_correlation
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 300, generator=g).relu()  # half exact zeros, as after Grad-CAM's ReLU
+    b = torch.randn(4, 300, generator=g).relu() + 0.3 * a
+    b[:, 40:90] = 0.5  # a plateau, as after nearest upsampling
+    ours = rank_correlation(a, b)
+    theirs = torch.tensor([spearmanr(a[i], b[i]).statistic for i in range(4)], dtype=torch.float32)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    # ranking tied zeros by position would invent an order both maps share
+    zeros = torch.zeros(1, 100)
+    x, y = zeros.clone(), zeros.clone()
+    x[0, :10], y[0, 90:] = torch.arange(1.0, 11.0), torch.arange(1.0, 11.0)
+    assert rank_correlation(x, y)[0] < 0

@@ -37,3 +37,15 @@ def test_grids():
     masks = {"lesion": torch.zeros(8, 8, dtype=torch.bool), "ruler": torch.ones(8, 8, dtype=torch.bool)}
     viz.show_masks(imgs[0], masks)
     plt.close("all")
+
+
+def test_grid_with_colour_bars():
+    imgs = torch.rand(2, 3, 8, 8)
+    maps = {"m1": torch.rand(2, 1, 8, 8), "m2": 10 * torch.rand(2, 1, 8, 8)}
+    fig = viz.attribution_grid(imgs, maps, signed=False, shared_scale=True, colorbar=True)
+    assert len(fig.axes) == 6 + 2  # one bar per method column
+    lims = [fig.axes[k].images[-1].get_clim() for k in (1, 4)]  # m1 in rows 0 and 1
+    assert lims[0] == lims[1]
+    fig = viz.attribution_grid(imgs, maps, colorbar=True)
+    assert len(fig.axes) == 6 + 4  # one bar per map
+    plt.close("all")
