@@ -31,7 +31,7 @@
 #   checkerboard artifacts and the pixel-shuffle alternative;
 # - measure whether a map tells the classes apart.
 #
-# **Time to run:** about 35 s on 2 CPU cores.
+# **Time to run:** about 25 s on 2 CPU cores.
 
 # %%
 import inspect
