@@ -277,6 +277,60 @@ assert rows[16]["trapezoid"] < 0.01 and all(c > 3 * t for t, c in zip(trap[1:], 
 # steps the trapezoid rule is within about 1% here: check $\delta$ before trusting a map.
 
 # %% [markdown]
+# ### The other two axioms
+#
+# Sundararajan et al. derive IG from axioms, and completeness is one of three. The other two are
+# just as easy to check by computation.
+#
+# **Sensitivity**: if the input and the baseline differ in one feature and the scores differ, that
+# feature gets a non-zero attribution. Their example: $f(x) = 1 - \mathrm{ReLU}(1 - x)$, which is
+# flat for $x \ge 1$. From $b = 0$ to $x = 2$ the score rises by 1, but the gradient at $x$ is
+# 0, so saliency and gradient × input give the feature nothing:
+
+# %%
+class Saturating(nn.Module):
+    """f(x) = 1 - ReLU(1 - sum of x): rises with x up to 1, then flat."""
+
+    def forward(self, x):
+        return (1 - torch.relu(1 - x.sum((1, 2, 3))))[:, None]
+
+
+flat_top = Saturating().eval()
+x_sat = torch.full((1, 1, 1, 1), 2.0)
+grad_sat = saliency(flat_top, x_sat, 0, abs=False)
+ig_sat = integrated_gradients(flat_top, x_sat, 0, steps=50)  # alphas k/49: the kink at 0.5 is between points
+with torch.no_grad():
+    change = flat_top(x_sat) - flat_top(torch.zeros_like(x_sat))
+print(f"f(x) - f(b) = {fmt(change, 2)}; gradient at x: {fmt(grad_sat, 2)}; gradient x input: "
+      f"{fmt(grad_sat * x_sat, 2)}; IG: {fmt(ig_sat, 2)}")
+assert grad_sat.abs().max() == 0 and abs(float(ig_sat) - float(change)) < 1e-5
+
+# %% [markdown]
+# IG gives the feature the whole change, because it collects the gradient where the function
+# still moves, on the way.
+#
+# **Implementation invariance**: two networks that compute the same function get the same
+# attributions, whatever their weights. Double DermNet's first convolution and let its BatchNorm
+# undo it (twice the running mean, four times the running variance and $\varepsilon$): different
+# weights, the same function. Methods built only from the model's gradient inherit this; the paper
+# shows that rules which look inside the network, DeepLift's and LRP's, can break it.
+
+# %%
+import copy
+
+twin = copy.deepcopy(shortcut)
+with torch.no_grad():
+    twin.conv1.weight.mul_(2.0)
+    twin.bn1.running_mean.mul_(2.0)
+    twin.bn1.running_var.mul_(4.0)
+    twin.bn1.eps *= 4.0
+    same_function = (twin(x4) - shortcut(x4)).abs().max() / shortcut(x4).abs().max()
+assert not torch.equal(twin.conv1.weight, shortcut.conv1.weight) and same_function < 1e-5
+print("conv1 weights differ by a factor 2; the logits agree to within 1e-5 of their size")
+_ = agree("IG, twin network vs DermNet, 4 images, 16 steps", integrated_gradients(twin, x4, t4, steps=16),
+          integrated_gradients(shortcut, x4, t4, steps=16), atol=1e-5)
+
+# %% [markdown]
 # ## 5. The baseline decides the question
 #
 # IG answers "which pixels make this image score differently from the baseline?". Change the
@@ -429,6 +483,8 @@ check_integrated_gradients(my_integrated_gradients)
 #
 # - IG integrates the gradient along the straight path from a baseline to the image; its
 #   attributions add up to $S(x) - S(b)$, up to the quadrature error $\delta$ that you should check.
+#   It also gives credit to a feature whose gradient has gone flat (sensitivity), and gives two
+#   networks that compute the same function the same attributions (implementation invariance).
 # - Ours matches Captum rule by rule. Captum's `riemann_trapezoid` weights sum to $(n-1)/n$, which
 #   accounts exactly for the gap between its trapezoid and other rules.
 # - The baseline changes the question: with black, dark corners get no credit whatever the model

@@ -466,7 +466,9 @@ shap.image_plot(sv, show=False)
 plt.show()
 
 # %% [markdown]
-# Red raises the melanoma logit, blue lowers it. The shortcut model's strongest credit sits on the
+# This figure is shap's own `image_plot`, in shap's colours, not the course's (`helpers.viz`): its
+# red-blue map is scaled to the 99.9th percentile of |value| over both panels, and it draws over a faint grey copy
+# of the image. Red raises the melanoma logit, blue lowers it. The shortcut model's strongest credit sits on the
 # ruler; the debiased model's on the lesion, with almost nothing on the ruler. The values add up;
 # they are Owen values on shap's own hierarchy of rectangles, not Shapley values of our
 # superpixels, so we compare them with ours only through that check, not number for number.
