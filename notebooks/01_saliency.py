@@ -39,7 +39,7 @@ from helpers import viz
 from helpers.data import CLASSES, MEL
 from helpers.gradients import gradient_x_input, saliency
 from helpers.hooks import capture
-from helpers.metrics import mass_summary, rank_correlation
+from helpers.metrics import mask_mass, mass_summary, rank_correlation
 from helpers.models import load_dermnet
 from helpers.report import agree, fmt, prediction_margin, table
 from helpers.train import intervention_pair, logits, predict
@@ -198,12 +198,20 @@ assert rows["noise 1%"]["median rank correlation"] < 0.9 and min(row["lowest"] f
 # It keeps the sign: red pixels push the score up, blue ones down. Bright pixels get more weight
 # than dark ones just for being bright, which is the first hint of the baseline problem that
 # notebook 03 takes on.
+#
+#
+# Both maps below are summed over the colour channels and drawn on one colour scale per column,
+# centred on zero (the colour bar under each column: red pushes the score up, blue down). Each row's
+# title carries the share of the gradient × input map's magnitude that lies on the ruler.
 
 # %%
 gxi = gradient_x_input(shortcut, xs, ts)
 sal_signed = saliency(shortcut, xs, ts, abs=False)
+on_ruler = mask_mass(gxi, on.masks["ruler"][show])
 fig = viz.attribution_grid(xs, {"gradient (signed)": sal_signed, "gradient × input": gxi},
-                           row_titles=[f"{CLASSES[on.labels[i]]} → {CLASSES[t]}" for i, t in zip(show, ts)])
+                           row_titles=[f"{CLASSES[on.labels[i]]} → {CLASSES[t]}\nruler mass {float(m):.2f}"
+                                       for i, t, m in zip(show, ts, on_ruler)],
+                           signed=True, shared_scale=True, colorbar=True)
 plt.show()
 
 # %% [markdown]
