@@ -435,8 +435,9 @@ assert blur_d["ruler mass"] > share
 # - **Library defaults differ.** Captum's default rule is Gauss-Legendre; its `riemann_trapezoid`
 #   weights sum to $(n-1)/n$. Compare like with like.
 # - **Completeness is not faithfulness.** The attributions add up to the score change by
-#   construction; that does not make each pixel's share meaningful. The evaluation notebook (13)
-#   measures faithfulness directly (deletion and insertion curves).
+#   construction; that does not make each pixel's share meaningful. Faithfulness is measured
+#   differently: remove pixels in the map's order and watch the score fall (deletion curves,
+#   Petsiuk et al. 2018), or, on DermSynth, take the ruler away (notebook 00's intervention).
 # - **Cost:** $n$ forward and backward passes per image; memory is bounded by `batch_size`, time is
 #   not.
 

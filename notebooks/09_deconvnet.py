@@ -517,8 +517,8 @@ for name in ("shortcut", "debiased"):
 # at the top, as the positive part of the class's row of `fc` (the deconvnet rectifies the signal
 # at `layer4`'s last ReLU), and the image enters only through the switches of one max-pool. So a
 # deconvnet (or guided backprop) map is not evidence about the class; it says which image structure
-# the network's downward path reconstructs. That is the class-insensitivity the sanity checks of
-# Adebayo et al. (2018) will turn into a test.
+# the network's downward path reconstructs. The sanity checks of Adebayo et al. (2018) test for
+# exactly this: a map that barely changes when the class, or the model's weights, change.
 #
 # ## 6. Pitfalls and limits
 #
