@@ -163,7 +163,8 @@ plt.show()
 # - **run to run**: the rank correlation between two maps of $x$ from different draws (12 samples
 #   each), the Monte Carlo noise of the estimate itself;
 # - **ruler mass**, and the **background mass**: the share of the map on neither the ruler nor
-#   the lesion (a map spread evenly over the frame scores the background's share of the image).
+#   the lesion (a map spread evenly over the frame scores the background's share of the image);
+# - **cell grid**: see below.
 #
 # Rank correlations are printed to two decimals and checked against a margin of 2e-4: between CPUs
 # they move by up to 4e-5, as units within round-off of zero switch.
@@ -172,6 +173,16 @@ plt.show()
 xb, mb = on.images[:16], {k: v[:16] for k, v in on.masks.items()}
 tb = predict(shortcut, xb)
 background = ~(mb["lesion"] | mb["ruler"])
+
+
+def cell_grid(maps):
+    """How strongly the mean |map| repeats DermNet's 8-pixel cells: the spread (std / mean) of its
+    64 averages by position modulo 8 (0 for a map with no trace of the grid)."""
+    mean_map = maps.abs().amax(1).mean(0)
+    phases = torch.stack([mean_map[a::8, b::8].mean() for a in range(8) for b in range(8)])
+    return (phases.std() / phases.mean()).item()
+
+
 nudged = xb + 0.01 * torch.randn(xb.shape, generator=torch.Generator().manual_seed(5))  # 1% of the [0, 1] range
 rows = {}
 for lv in levels:
@@ -181,8 +192,9 @@ for lv in levels:
     rows[f"{lv:.0%}"] = {"robustness": rank_correlation(a.abs().amax(1), m0.abs().amax(1)).mean().item(),
                          "run to run": rank_correlation(a.abs().amax(1), b.abs().amax(1)).median().item(),
                          "ruler mass": mass_summary(a, mb)["ruler mass"],
-                         "background mass": mask_mass(a, background).mean().item()}
-print(table(rows, {"robustness": 2, "run to run": 2, "ruler mass": 3, "background mass": 3},
+                         "background mass": mask_mass(a, background).mean().item(),
+                         "cell grid": cell_grid(a)}
+print(table(rows, {"robustness": 2, "run to run": 2, "ruler mass": 3, "background mass": 3, "cell grid": 2},
             atol={"robustness": 2e-4, "run to run": 2e-4}, index="noise level"))
 print(f"background share of the image: {fmt(background.float().mean(), 2)}")
 col = {k: [row[k] for row in rows.values()] for k in next(iter(rows.values()))}
@@ -193,6 +205,7 @@ assert col["ruler mass"][1] == max(col["ruler mass"]) and col["ruler mass"][5] <
 assert abs(col["background mass"][1] - col["background mass"][0]) < 0.02  # 5%: as localized as the gradient
 assert col["background mass"][5] > col["background mass"][0] + 0.1  # 50%: spread over the frame
 assert abs(col["background mass"][5] - float(background.float().mean())) < 0.02
+assert col["cell grid"][5] > 1.5 * col["cell grid"][1]  # the grid shows more at 50% than at 5%
 level = next(lv for lv, r in zip(levels, col["robustness"]) if r > 0.9)  # the least noise that does the job
 print(f"chosen noise level: {level:.0%} (the smallest whose map is robust to 1% input noise, rank corr. > 0.9)")
 
@@ -208,7 +221,8 @@ print(f"chosen noise level: {level:.0%} (the smallest whose map is robust to 1% 
 #   more samples.
 # - **Why the texture.** Averaged over a wide neighbourhood, the gradient shows less of the image
 #   and more of the network: DermNet reads the image through strided layers (notebook 09 measures
-#   their checkerboard), so the blurred model's gradient carries DermNet's grid of cells.
+#   their checkerboard) and `layer4` sees it as an 8×8 grid of 8-pixel cells. The **cell grid**
+#   column measures how much the average map repeats that 8-pixel period: it grows with the noise.
 #
 # So the noise level is chosen from the sweep, as the least noise that makes the map robust: 5%,
 # below the paper's 10-20%, which was found on ImageNet models with 224-pixel inputs. The rest of
