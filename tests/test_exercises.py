@@ -254,3 +254,17 @@ def test_check_ruler_channels_question_is_answered_from_the_data():
     assert right.passed != wrong.passed  # exactly one answer is right
     assert "of its top 9 images have a ruler" in right.message
     assert not check_ruler_channels_question("yes")
+
+
+def test_an_unfilled_scaffold_reads_not_done_yet_and_does_not_raise():
+    from helpers.exercises import check_method, run_learner
+    from helpers.gradients import saliency
+
+    def scaffold(model, x, target):
+        raise NotImplementedError
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    res = check_method(scaffold, saliency, model, torch.randn(2, 3, 2, 2), 0)
+    assert not res.passed and not res.done and str(res).startswith("TODO saliency: not done yet")
+    _, verdict = run_learner("f", lambda: 1 / 0)
+    assert verdict.done and str(verdict).startswith("FAIL f: your function raised ZeroDivisionError")
