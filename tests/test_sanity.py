@@ -1,0 +1,115 @@
+"""helpers.sanity: randomized copies, the four similarity measures, the randomization test."""
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.gradients import saliency
+from helpers.hooks import count_hooks
+from helpers.metrics import rank_correlation
+from helpers.models import DermNet
+from helpers.sanity import as_map, cascade_steps, hog_similarity, randomization_test, randomized, similarities, ssim
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return DermNet().eval()
+
+
+def _changed(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sorted({k.split(".")[0] for k in sa if not torch.equal(sa[k], sb[k]) and "num_batches" not in k})
+
+
+def test_cascade_reinitializes_from_the_output_down_and_leaves_the_original_alone(net):
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    out = randomized(net, "layer3")
+    assert _changed(net, out) == ["fc", "layer3", "layer4"]
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's random state is untouched
+    assert out is not net and not out.training and count_hooks(out) == count_hooks(net)
+
+
+def test_independent_randomization_touches_only_the_named_layers(net):
+    assert _changed(net, randomized(net, ["layer2", "fc"], cascade=False)) == ["fc", "layer2"]
+    assert _changed(net, randomized(net, "layer4.0.conv1", cascade=False)) == ["layer4"]
+
+
+def test_a_layer_gets_the_same_weights_at_every_step_and_seed_matters(net):
+    a, b = randomized(net, "fc"), randomized(net, "layer2")
+    assert torch.equal(a.fc.weight, b.fc.weight)
+    assert torch.equal(randomized(net, "layer4", cascade=False).layer4[0].conv1.weight, b.layer4[0].conv1.weight)
+    assert not torch.equal(randomized(net, "fc", seed=1).fc.weight, a.fc.weight)
+    # re-initialized as the constructor does: BatchNorm back to identity statistics
+    assert torch.equal(b.layer2[0].bn1.running_var, torch.ones(32))
+
+
+def test_cascade_steps_of_dermnet(net):
+    assert cascade_steps(net) == ["fc", "layer4", "layer3", "layer2", "layer1", "bn1", "conv1"]
+
+
+@pytest.mark.parametrize("layers, match", [("layer9", "not a module"), ([], "at least one"), ([3], "not a module")])
+def test_randomized_rejects_bad_layers(net, layers, match):
+    with pytest.raises(ValueError, match=match):
+        randomized(net, layers)
+
+
+def test_randomized_rejects_a_non_module():
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        randomized("DermNet", "fc")
+
+
+def test_ssim_and_hog_against_scikit_image_directly():
+    from skimage.feature import hog
+    from skimage.metrics import structural_similarity
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(3, 32, 32, generator=g), torch.rand(3, 32, 32, generator=g)
+    b[0] = a[0] * 5 + 2  # an affine copy: identical after scaling to [0, 1]
+    s, h = ssim(a, b), hog_similarity(a, b)
+    assert s[0] == pytest.approx(1.0) and h[0] == pytest.approx(1.0)
+    for i in (1, 2):
+        x, y = a[i].double().numpy(), b[i].double().numpy()
+        x, y = (x - x.min()) / (x.max() - x.min()), (y - y.min()) / (y.max() - y.min())
+        assert s[i] == pytest.approx(structural_similarity(x, y, data_range=1.0), abs=1e-12)
+        hx, hy = (hog(m, pixels_per_cell=(8, 8), cells_per_block=(2, 2)) for m in (x, y))
+        assert h[i] == pytest.approx(np.corrcoef(hx, hy)[0, 1], abs=1e-12)
+    assert torch.isnan(hog_similarity(torch.zeros(1, 32, 32), a[:1]))[0]
+
+
+def test_similarities_are_the_paper_measures():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 3, 16, 16, generator=g), torch.randn(2, 3, 16, 16, generator=g)
+    sims = similarities(a, b)
+    assert set(sims) == {"Spearman (abs)", "Spearman (signed)", "SSIM", "HOG"}
+    assert torch.allclose(sims["Spearman (abs)"], rank_correlation(a.abs().sum(1), b.abs().sum(1)))
+    assert torch.allclose(sims["Spearman (signed)"], rank_correlation(a.sum(1), b.sum(1)))
+    same = similarities(a, a)
+    assert all(torch.allclose(v, torch.ones(2, dtype=v.dtype)) for v in same.values())
+    assert torch.allclose(similarities(a, -a)["Spearman (signed)"], -torch.ones(2))
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(2, 16, 16), "map"])
+def test_as_map_and_similarities_reject_bad_shapes(bad):
+    with pytest.raises(ValueError, match="attr must be"):
+        as_map(bad)
+    with pytest.raises(ValueError, match="a and b must be"):
+        ssim(torch.zeros(2, 8, 8), torch.zeros(2, 8, 9))
+    with pytest.raises(ValueError, match="one shape"):
+        similarities(torch.zeros(1, 3, 8, 8), torch.zeros(1, 1, 8, 8))
+
+
+def test_randomization_test_falls_for_the_gradient_and_leaves_the_model_as_it_was(net):
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    res = randomization_test(net, {"saliency": saliency}, x, 0, steps=["fc", "layer4", "conv1"])
+    assert list(res["maps"]) == ["original", "fc", "layer4", "conv1"]
+    assert list(res["similarity"]) == ["fc", "layer4", "conv1"]
+    assert torch.equal(res["maps"]["original"]["saliency"], saliency(net, x, 0))
+    # with every layer re-initialized the gradient is a different function's
+    assert res["similarity"]["conv1"]["saliency"]["Spearman (abs)"].mean() < 0.5
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    with pytest.raises(ValueError, match="methods must be"):
+        randomization_test(net, {}, x, 0)
