@@ -21,7 +21,7 @@ PORTABLE ?= default:1 avx2:4
 # CPU-only builds (README, "Two commands"); everything else still comes from requirements.txt
 TORCH_INDEX ?=
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 ifneq ($(TORCH_INDEX),)
@@ -32,6 +32,9 @@ ifneq ($(TORCH_INDEX),)
 else
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 endif
+# requirements-nodeps.txt: reference libraries whose declared dependencies we do not need
+# (dictionary-learning declares nnsight, wandb, datasets...; notebook 14 uses two of its modules)
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -79,9 +82,11 @@ execute: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m helpers.run_notebooks notebooks build
 
-## make data: rebuild the shipped checkpoints, DermNet and DermViT (about 12 minutes on 2 cores)
+## make data: rebuild the shipped checkpoints, DermNet and DermViT (about 12 minutes on 2 cores),
+## then the sparse autoencoders that read them (notebook 14, a few minutes)
 data: $(STAMP)
 	$(BIN)/python -m helpers.train
+	$(BIN)/python -m helpers.sae
 
 ## make bench: our helpers against the libraries, as time ratios
 bench: $(STAMP)
