@@ -144,3 +144,154 @@ def attribution_grid(images, maps: dict, row_titles=None, signed: bool | None = 
             fig.colorbar(axes[-1, j + 1].images[-1], ax=axes[:, j + 1], orientation="horizontal",
                          fraction=0.04, pad=0.02)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# An interactive explorer (ipywidgets), shared by the method notebooks
+# --------------------------------------------------------------------------------------------
+
+def _explorer_methods() -> dict:
+    """{method: (knob name, {knob label: fn(model, x, target) -> map [B, 1 or 3, H, W]}, default label)}."""
+    from .cam import grad_cam
+    from .gradients import blur_baseline, integrated_gradients, saliency, smoothgrad
+    from .perturbation import kernel_shap, lime, occlusion, paint, superpixels
+
+    def sg(level):
+        return lambda m, x, t: smoothgrad(m, x, t, n_samples=25, noise_level=level,
+                                          generator=torch.Generator().manual_seed(0))
+
+    def ig(steps, baseline):
+        return lambda m, x, t: integrated_gradients(m, x, t, steps=steps,
+                                                    baseline=blur_baseline(x) if baseline == "blur" else 0.0)
+
+    def segmented(fn, n):
+        def run(m, x, t):
+            seg = superpixels(x, n_segments=16)
+            values = fn(m, x, t, seg, n_samples=n)
+            return values.map if hasattr(values, "map") else paint(values, seg)
+        return run
+
+    def gc(layer):
+        return lambda m, x, t: grad_cam(m, x, t, layer)
+
+    def occ(w):
+        return lambda m, x, t: occlusion(m, x, t, window=w, stride=w // 2)
+
+    return {
+        "saliency": ("", {"|gradient|": lambda m, x, t: saliency(m, x, t)}, "|gradient|"),
+        "SmoothGrad": ("noise level", {f"{p:.0%}": sg(p) for p in (0.02, 0.05, 0.10, 0.15, 0.25)}, "5%"),
+        "Integrated Gradients": ("steps, baseline", {f"{s} steps, {b}": ig(s, b) for b in ("black", "blur")
+                                                     for s in (8, 32, 64)}, "32 steps, black"),
+        "Grad-CAM": ("layer", {name: gc(name) for name in ("layer4", "layer3", "layer2")}, "layer4"),
+        "occlusion": ("window", {f"{w}x{w}": occ(w) for w in (4, 8, 16, 32)}, "8x8"),
+        "LIME": ("samples", {str(n): segmented(lime, n) for n in (100, 300, 1000)}, "300"),
+        "KernelSHAP": ("samples", {str(n): segmented(kernel_shap, n) for n in (64, 200, 500)}, "200"),
+    }
+
+
+class Explorer:
+    """Pick an image (clinic, class, ruler on/off, which one), a model, a method and its main knob;
+    see the map over the image and its ruler and lesion mass.
+
+    ``Explorer(method="Grad-CAM").widget`` is the ipywidgets box a notebook displays. Every control
+    is in ``controls``; setting a control's ``value`` recomputes ``attr`` (the map, ``[1, H, W]``),
+    ``masses`` ({"ruler": ..., "lesion": ...}, the share of |map| inside each mask) and redraws
+    ``figure``. Models are loaded once, on first use; nothing is downloaded.
+    """
+
+    def __init__(self, method: str = "Grad-CAM", models: dict | None = None):
+        import ipywidgets as w
+
+        from .data import CLASSES
+
+        self.methods = _explorer_methods()
+        if method not in self.methods:
+            raise ValueError(f"method must be one of {list(self.methods)}, got {method!r}")
+        self._models = dict(models) if models is not None else {}
+        self.controls = {
+            "clinic": w.ToggleButtons(options=["A", "B"], value="B", description="clinic"),
+            "class": w.Dropdown(options=list(CLASSES), value="nv", description="class"),
+            "ruler": w.ToggleButtons(options=["on", "off"], value="on", description="ruler"),
+            "image": w.IntSlider(value=0, min=0, max=19, description="image"),
+            "model": w.ToggleButtons(options=["shortcut", "debiased"], value="shortcut", description="model"),
+            "method": w.Dropdown(options=list(self.methods), value=method, description="method"),
+            "knob": w.Dropdown(description="knob"),
+        }
+        self.output = w.Output()
+        self.figure = None
+        self.updates = 0
+        self._set_knob_options()
+        for name, control in self.controls.items():
+            control.observe(self._on_method if name == "method" else self._on_change, names="value")
+        self.widget = w.VBox([w.HBox([self.controls[k] for k in ("clinic", "ruler", "model")]),
+                              w.HBox([self.controls[k] for k in ("class", "image")]),
+                              w.HBox([self.controls[k] for k in ("method", "knob")]), self.output])
+        self.update()
+
+    def model(self, name: str):
+        if name not in self._models:
+            from .models import load_dermnet
+            self._models[name] = load_dermnet(name)
+        return self._models[name]
+
+    def _set_knob_options(self) -> None:
+        knob_name, options, default = self.methods[self.controls["method"].value]
+        knob = self.controls["knob"]
+        self._quiet = True
+        knob.options, knob.value = list(options), default
+        knob.description = knob_name or "knob"
+        knob.disabled = len(options) == 1
+        self._quiet = False
+
+    def _on_method(self, change) -> None:
+        self._set_knob_options()
+        self.update()
+
+    def _on_change(self, change) -> None:
+        if not getattr(self, "_quiet", False):
+            self.update()
+
+    def image(self):
+        """The chosen image as a one-image DermSynth batch (deterministic from the controls)."""
+        from .data import CLASSES, make_dataset
+
+        c = self.controls
+        return make_dataset(1, clinic=c["clinic"].value, seed=31_000 + 100 * CLASSES.index(c["class"].value)
+                            + c["image"].value, ruler=c["ruler"].value == "on", labels=c["class"].value)
+
+    def update(self) -> None:
+        """Recompute the map and the masses for the current controls and redraw."""
+        from .data import CLASSES
+        from .metrics import mask_mass
+
+        c = self.controls
+        ds = self.image()
+        model = self.model(c["model"].value)
+        with torch.no_grad():
+            scores = model(ds.images)
+        pred = int(scores.argmax(1))
+        fn = self.methods[c["method"].value][1][c["knob"].value]
+        self.attr = fn(model, ds.images, torch.tensor([pred])).detach()[0]
+        magnitude = self.attr.abs().sum(0, keepdim=True)[None]
+        self.masses = {name: float(mask_mass(magnitude, ds.masks[name])[0]) if ds.masks[name].any() else float("nan")
+                       for name in ("ruler", "lesion")}
+        self.prediction = CLASSES[pred]
+        self.updates += 1
+        if self.figure is not None:
+            plt.close(self.figure)  # one live figure per explorer
+        with self.output:
+            self.output.clear_output(wait=True)
+            fig, axes = plt.subplots(1, 2, figsize=(7, 3.4))
+            show_masks(ds.images[0], {k: ds.masks[k][0] for k in ("lesion", "ruler")}, ax=axes[0],
+                       title=f"{c['class'].value}, clinic {c['clinic'].value}: predicted {self.prediction}")
+            overlay(ds.images[0], self.attr, ax=axes[1], colorbar=True,
+                    title=f"{c['method'].value} ({c['knob'].value}): ruler mass {self.masses['ruler']:.2f}, "
+                          f"lesion {self.masses['lesion']:.2f}")
+            fig.tight_layout()
+            plt.show()
+            self.figure = fig
+
+
+def explorer(method: str = "Grad-CAM", models: dict | None = None):
+    """The interactive explorer's widget, opened on ``method`` (see ``Explorer``)."""
+    return Explorer(method, models).widget

@@ -49,3 +49,30 @@ def test_grid_with_colour_bars():
     fig = viz.attribution_grid(imgs, maps, colorbar=True)
     assert len(fig.axes) == 6 + 4  # one bar per map
     plt.close("all")
+
+
+def test_explorer_recomputes_the_map_and_masses_when_a_control_changes():
+    from helpers.metrics import mask_mass
+    from helpers.models import DermNet
+    from helpers.viz import Explorer
+
+    torch.manual_seed(0)
+    models = {"shortcut": DermNet().eval(), "debiased": DermNet().eval()}  # no checkpoint needed
+    e = Explorer("Grad-CAM", models=models)
+    assert e.updates == 1 and e.figure is not None and e.attr.shape == (1, 64, 64)
+    assert e.controls["knob"].value == "layer4" and "layer3" in e.controls["knob"].options
+    first = e.attr.clone()
+    e.controls["knob"].value = "layer3"
+    assert e.updates == 2 and not torch.equal(first, e.attr)
+    # the masses are the map's, on the image the controls chose
+    ds = e.image()
+    assert e.masses["ruler"] == pytest.approx(float(mask_mass(e.attr.abs()[None], ds.masks["ruler"])[0]))
+    e.controls["method"].value = "occlusion"  # the knob follows the method
+    assert e.controls["knob"].description == "window" and e.controls["knob"].value == "8x8"
+    assert e.updates == 3
+    e.controls["ruler"].value = "off"
+    assert e.updates == 4 and e.masses["ruler"] != e.masses["ruler"]  # NaN: no ruler in the image
+    e.controls["model"].value = "debiased"
+    assert e.updates == 5
+    with pytest.raises(ValueError, match="method must be one of"):
+        Explorer("DeepDream", models=models)
