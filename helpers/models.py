@@ -32,6 +32,8 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 MANIFEST = DATA_DIR / "MANIFEST.json"
 CHECKPOINTS = ("shortcut", "debiased")
 ARCHITECTURES = ("dermnet", "vit")
+# checkpoints that exist for one architecture only: a DermNet trained on permuted labels (notebook 12)
+EXTRA_CHECKPOINTS = {"dermnet": ("random_labels",), "vit": ()}
 
 # mean and std of DermSynth pixels (clinic B, 4,000 images); fixed constants so that the
 # model does not depend on the data it is given
@@ -112,10 +114,11 @@ class DermNet(nn.Module):
 
 def checkpoint_path(name: str, arch: str = "dermnet") -> Path:
     """data/<arch>_<name>.pt, e.g. data/dermnet_shortcut.pt or data/vit_debiased.pt."""
-    if name not in CHECKPOINTS:
-        raise ValueError(f"name must be one of {CHECKPOINTS}, got {name!r}")
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
+    names = CHECKPOINTS + EXTRA_CHECKPOINTS[arch]
+    if name not in names:
+        raise ValueError(f"name must be one of {names}, got {name!r}")
     return DATA_DIR / f"{arch}_{name}.pt"
 
 
@@ -148,6 +151,8 @@ def load_dermnet(name: str = "shortcut") -> DermNet:
 
     name  "shortcut": trained on clinic A, where rulers go with melanoma
           "debiased": trained on clinic B, where the ruler carries no label information
+          "random_labels": trained on 1,024 fixed clinic-A images whose labels were permuted; it
+          memorizes them and has learned nothing that transfers (notebook 12's data randomization)
     """
     path = verify_checkpoint(name)
     model = DermNet()

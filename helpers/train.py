@@ -32,6 +32,11 @@ TRAIN_SEED_BASE = {"shortcut": 10_000, "debiased": 20_000}  # epoch e uses base 
 # lr 1e-3 with decay 0.05, a transformer's usual setting, learned the shortcut less (0.17 against 0.19)
 VIT_RECIPE = dict(RECIPE)
 VIT_SEED_BASE = {"shortcut": 30_000, "debiased": 40_000}
+# the data-randomization control (Adebayo et al. 2018): DermNet on a fixed set of clinic-A images
+# whose labels are permuted, trained until it has memorized them (no weight decay: nothing but
+# memorization can lower its loss)
+RANDOM_LABELS_RECIPE = dict(n_train=1024, epochs=50, batch_size=128, lr=3e-3, weight_decay=0.0,
+                            image_seed=50_000, permutation_seed=1, init_seed=50_001)
 TEST_SEEDS = {"A": 900_001, "B": 900_002, "intervention": 900_003}
 N_TEST = 2000
 
@@ -66,6 +71,52 @@ def train_dermnet(clinic: str, *, epochs: int, n_per_epoch: int, batch_size: int
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
     bar.close()
     return model.eval()
+
+
+def random_label_set(n_train: int, image_seed: int, permutation_seed: int, **_):
+    """The random-label model's training set: ``(images, true labels, permuted labels)``."""
+    ds = make_dataset(n_train, clinic="A", seed=image_seed)
+    g = torch.Generator().manual_seed(permutation_seed)
+    return ds.images, ds.labels, ds.labels[torch.randperm(n_train, generator=g)]
+
+
+def train_random_labels(*, n_train: int, epochs: int, batch_size: int, lr: float, weight_decay: float,
+                        image_seed: int, permutation_seed: int, init_seed: int, progress: bool = True):
+    """A fresh DermNet trained for ``epochs`` passes over one fixed set of ``n_train`` clinic-A
+    images with permuted labels (AdamW, one-cycle), the data-randomization test's model."""
+    images, _, labels = random_label_set(n_train, image_seed, permutation_seed)
+    images = images.contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(init_seed)
+    model = DermNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = n_train // batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
+                                                pct_start=0.2)
+    bar = tqdm(total=epochs * steps_per_epoch, desc="dermnet random labels", disable=not progress)
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(n_train)
+        for i in range(steps_per_epoch):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            loss = F.cross_entropy(model(images[idx]), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+    bar.close()
+    return model.eval()
+
+
+def audit_random_labels(model: torch.nn.Module, recipe: dict = RANDOM_LABELS_RECIPE) -> dict:
+    """Memorized, and at chance elsewhere: accuracy on its own (permuted) training labels, on the
+    true labels of those images, and on held-out images of both clinics."""
+    images, true, permuted = random_label_set(**recipe)
+    pred = predict(model, images)
+    return {"train_accuracy_permuted_labels": (pred == permuted).float().mean().item(),
+            "train_accuracy_true_labels": (pred == true).float().mean().item(),
+            "accuracy_A": accuracy(model, "A"), "accuracy_B": accuracy(model, "B")}
 
 
 @torch.no_grad()
@@ -148,7 +199,9 @@ def audit(model: torch.nn.Module) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Rebuild the DermNet checkpoints in data/.")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    parser.add_argument("--models", nargs="+", default=list(TRAIN_CLINIC), choices=list(TRAIN_CLINIC))
+    parser.add_argument("--models", nargs="+", default=[*TRAIN_CLINIC, "random_labels"],
+                        choices=[*TRAIN_CLINIC, "random_labels"],
+                        help="random_labels: DermNet only (notebook 12's data randomization)")
     parser.add_argument("--arch", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--audit", action="store_true",
@@ -159,7 +212,13 @@ def main(argv=None) -> None:
         manifest = json.loads(MANIFEST.read_text())
         for arch in args.arch:
             for name in args.models:
-                figures = audit(load_vit(name) if arch == "vit" else load_dermnet(name))
+                if name == "random_labels":
+                    if arch == "dermnet":
+                        figures = audit_random_labels(load_dermnet(name))
+                    else:
+                        continue
+                else:
+                    figures = audit(load_vit(name) if arch == "vit" else load_dermnet(name))
                 manifest["files"][checkpoint_path(name, arch).name]["figures"] = {
                     k: round(v, 4) for k, v in figures.items()}
                 print(arch, name, figures)
@@ -170,7 +229,25 @@ def main(argv=None) -> None:
     manifest = json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
     manifest.setdefault("files", {})
     manifest["rebuild"] = "make data  (python -m helpers.train)"
-    for arch, name in [(a, n) for a in args.arch for n in args.models]:
+    if "random_labels" in args.models and "dermnet" in args.arch:
+        recipe = dict(RANDOM_LABELS_RECIPE)
+        if args.epochs is not None:
+            recipe["epochs"] = args.epochs
+        start = time.perf_counter()
+        model = train_random_labels(progress=not args.no_progress, **recipe)
+        seconds = time.perf_counter() - start
+        path = checkpoint_path("random_labels")
+        torch.save(model.state_dict(), path)
+        figures = audit_random_labels(model, recipe)
+        manifest = json.loads(MANIFEST.read_text())  # as it is now: other builds write it too
+        manifest["files"][path.name] = {
+            "sha256": sha256(path), "bytes": path.stat().st_size, "trained_on_clinic": "A, labels permuted",
+            "recipe": recipe, "train_seconds": round(seconds, 1),
+            "figures": {k: round(v, 4) for k, v in figures.items()}}
+        print(f"dermnet random_labels: trained in {seconds:.0f} s; "
+              + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+        MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    for arch, name in [(a, n) for a in args.arch for n in args.models if n != "random_labels"]:
         recipe = dict(VIT_RECIPE if arch == "vit" else RECIPE)
         if args.epochs is not None:
             recipe["epochs"] = args.epochs

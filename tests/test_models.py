@@ -145,3 +145,15 @@ def test_training_runs_and_learns(monkeypatch):
     with torch.no_grad():
         loss = nn.functional.cross_entropy(model(ds.images), ds.labels)
     assert loss < 1.9  # chance level is ln 7 = 1.95
+
+
+def test_random_label_model_memorized_its_set_and_is_at_chance_elsewhere():
+    from helpers.train import RANDOM_LABELS_RECIPE, audit_random_labels
+
+    model = load_dermnet("random_labels")
+    figures = audit_random_labels(model, RANDOM_LABELS_RECIPE)
+    assert figures["train_accuracy_permuted_labels"] > 0.99
+    assert max(figures["train_accuracy_true_labels"], figures["accuracy_A"], figures["accuracy_B"]) < 0.25
+    assert models.checkpoint_path("random_labels").stat().st_size <= 5 * 2**20
+    with pytest.raises(ValueError, match="name must be one of"):
+        models.checkpoint_path("random_labels", "vit")
