@@ -275,6 +275,18 @@ fig = viz.attribution_grid(pair_x, pair_maps, row_titles=["no ruler", "ruler"], 
 plt.show()
 
 # %% [markdown]
+# **Explore it yourself.** The explorer below recomputes saliency for the image, model and setting
+# you pick: a clinic, a class, the ruler on or off, the shortcut or the debiased model, and
+# nothing to tune: the plain |gradient|. Its title gives the map's ruler and lesion mass. (It needs a running kernel: on
+# GitHub the widget does not render. Every other method of the course is in its menu too.)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from helpers.viz import explorer  # noqa: E402
+
+explorer("saliency")
+
+# %% [markdown]
 # ## 7. Pitfalls and limits
 #
 # - **Local, not global.** The gradient describes an infinitesimal neighbourhood. A pixel can

@@ -306,6 +306,18 @@ assert all(summary["debiased", m]["ruler pointing"] == 0 for m in methods)
 # (section 4): compare models under one method and one setting.
 
 # %% [markdown]
+# **Explore it yourself.** The explorer below recomputes SmoothGrad for the image, model and setting
+# you pick: a clinic, a class, the ruler on or off, the shortcut or the debiased model, and
+# its noise level. Its title gives the map's ruler and lesion mass. (It needs a running kernel: on
+# GitHub the widget does not render. Every other method of the course is in its menu too.)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from helpers.viz import explorer  # noqa: E402
+
+explorer("SmoothGrad")
+
+# %% [markdown]
 # ## 7. Pitfalls and limits
 #
 # - **Noise level is a free parameter** with a visible effect, as the sweep shows. Report it, and

@@ -426,6 +426,18 @@ assert blur_d["ruler mass"] > share
 # under one baseline, never numbers across baselines.
 
 # %% [markdown]
+# **Explore it yourself.** The explorer below recomputes Integrated Gradients for the image, model and setting
+# you pick: a clinic, a class, the ruler on or off, the shortcut or the debiased model, and
+# its number of steps and its baseline. Its title gives the map's ruler and lesion mass. (It needs a running kernel: on
+# GitHub the widget does not render. Every other method of the course is in its menu too.)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from helpers.viz import explorer  # noqa: E402
+
+explorer("Integrated Gradients")
+
+# %% [markdown]
 # ## 7. Pitfalls and limits
 #
 # - **The baseline is part of the answer** (section 5). Black gives dark regions no credit; a blurred

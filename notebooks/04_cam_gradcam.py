@@ -470,6 +470,18 @@ assert min(gbp.values()) > 0.9 and gc["other class"] < 0.7 and gc["random layer4
 # recommendation.
 
 # %% [markdown]
+# **Explore it yourself.** The explorer below recomputes Grad-CAM for the image, model and setting
+# you pick: a clinic, a class, the ruler on or off, the shortcut or the debiased model, and
+# the layer it reads. Its title gives the map's ruler and lesion mass. (It needs a running kernel: on
+# GitHub the widget does not render. Every other method of the course is in its menu too.)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from helpers.viz import explorer  # noqa: E402
+
+explorer("Grad-CAM")
+
+# %% [markdown]
 # ## 7. Pitfalls and limits
 #
 # - **Coarse.** `layer4` is 8×8: one cell covers 8×8 pixels. Upsampling smooths the map but adds no

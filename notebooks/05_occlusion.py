@@ -273,7 +273,20 @@ plt.show()
 # With no access to gradients at all, occlusion finds the shortcut: the shortcut model's map puts
 # about three times the ruler's share of the image on the ruler, the debiased model's less than
 # the ruler's share, and its largest drop is on the lesion in every image.
-#
+
+# %% [markdown]
+# **Explore it yourself.** The explorer below recomputes occlusion for the image, model and setting
+# you pick: a clinic, a class, the ruler on or off, the shortcut or the debiased model, and
+# its window size. Its title gives the map's ruler and lesion mass. (It needs a running kernel: on
+# GitHub the widget does not render. Every other method of the course is in its menu too.)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from helpers.viz import explorer  # noqa: E402
+
+explorer("occlusion")
+
+# %% [markdown]
 # ## 7. Pitfalls and limits
 #
 # - **The patch colour is a hypothesis about "absence".** A black patch on DermNet adds melanoma

@@ -446,6 +446,18 @@ plt.show()
 # explains a class it does not predict for 7 of these 16 images.
 
 # %% [markdown]
+# **Explore it yourself.** The explorer below recomputes LIME for the image, model and setting
+# you pick: a clinic, a class, the ruler on or off, the shortcut or the debiased model, and
+# its number of samples. Its title gives the map's ruler and lesion mass. (It needs a running kernel: on
+# GitHub the widget does not render. Every other method of the course is in its menu too.)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from helpers.viz import explorer  # noqa: E402
+
+explorer("LIME")
+
+# %% [markdown]
 # ## 7. Pitfalls and limits
 #
 # - **The segmentation decides the answer.** LIME can only say what the segments let it say. The

@@ -604,6 +604,18 @@ fig = viz.attribution_grid(x16[:3], {name: maps[name][:3] for name in order}, si
 plt.show()
 
 # %% [markdown]
+# **Explore it yourself.** The explorer below recomputes KernelSHAP for the image, model and setting
+# you pick: a clinic, a class, the ruler on or off, the shortcut or the debiased model, and
+# its number of coalitions. Its title gives the map's ruler and lesion mass. (It needs a running kernel: on
+# GitHub the widget does not render. Every other method of the course is in its menu too.)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from helpers.viz import explorer  # noqa: E402
+
+explorer("KernelSHAP")
+
+# %% [markdown]
 # ## 7. Pitfalls and limits
 #
 # - **The baseline defines "absent", and so the question.** Replace the mean colour by black in the
