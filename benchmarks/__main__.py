@@ -7,6 +7,7 @@ from benchmarks import (
     bench_concepts,
     bench_data,
     bench_deconv,
+    bench_evaluation,
     bench_featurevis,
     bench_gradients,
     bench_perturbation,
@@ -30,3 +31,5 @@ if __name__ == "__main__":
     bench_concepts.main()
     print()
     bench_deconv.main()
+    print()
+    bench_evaluation.main()

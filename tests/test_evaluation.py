@@ -351,3 +351,55 @@ def test_bad_input(shortcut, xt):
         E.deletion(copy.deepcopy(shortcut).train(), x, t, attr)
     with pytest.raises(ValueError, match="values must be"):
         E.bootstrap_ci(torch.ones(1))
+
+
+# ------------------------------------------------------------------------------------------
+# Notebook 13's exercise checkers
+# ------------------------------------------------------------------------------------------
+
+def _my_deletion_scores(model, x, target, attr, steps, descending=True, probs=True, use_abs=False):
+    """The solution of notebook 13's exercise 1, with the usual slips as switches."""
+    b, _, h, w = x.shape
+    v = attr.abs().sum(1) if use_abs else attr.sum(1)
+    order = v.flatten(1).argsort(dim=1, descending=descending, stable=True)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(h * w).expand(b, -1))
+    t = torch.as_tensor(target).expand(b)
+    out = []
+    with torch.no_grad():
+        for k in range(steps + 1):
+            removed = (ranks < k * h * w // steps).view(b, 1, h, w)
+            scores = model(torch.where(removed, 0.0, x))
+            scores = scores.softmax(1) if probs else scores
+            out.append(scores[torch.arange(b), t])
+    return torch.stack(out, 1)
+
+
+def test_check_deletion_scores():
+    from helpers.exercises import check_deletion_scores
+
+    assert check_deletion_scores(_my_deletion_scores).passed
+    lerf = check_deletion_scores(lambda *a: _my_deletion_scores(*a, descending=False))
+    assert not lerf.passed and "LeRF" in lerf.message
+    logit = check_deletion_scores(lambda *a: _my_deletion_scores(*a, probs=False))
+    assert not logit.passed and "logits" in logit.message
+    mag = check_deletion_scores(lambda *a: _my_deletion_scores(*a, use_abs=True))
+    assert not mag.passed and "magnitude" in mag.message
+    short = check_deletion_scores(lambda *a: _my_deletion_scores(*a)[:, 1:])
+    assert not short.passed and "steps + 1" in short.message
+
+    def scaffold(model, x, target, attr, steps):
+        raise NotImplementedError
+
+    todo = check_deletion_scores(scaffold)
+    assert not todo.passed and not todo.done and str(todo).startswith("TODO")
+
+
+def test_check_guided_backprop_randomization_question():
+    from helpers.exercises import check_guided_backprop_randomization_question as check
+
+    todo = check(None)
+    assert not todo.done and str(todo).startswith("TODO")
+    assert not check("no").passed
+    right, wrong = check(False), check(True)  # guided backprop barely changes: it fails the check
+    assert right.passed and "Nie et al." in right.message
+    assert not wrong.passed and "guided backprop" in wrong.message
