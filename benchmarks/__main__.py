@@ -11,6 +11,7 @@ from benchmarks import (
     bench_featurevis,
     bench_gradients,
     bench_perturbation,
+    bench_sae,
 )
 
 if __name__ == "__main__":
@@ -33,3 +34,5 @@ if __name__ == "__main__":
     bench_deconv.main()
     print()
     bench_evaluation.main()
+    print()
+    bench_sae.main()

@@ -13,6 +13,7 @@ Modules, one per topic:
     deconv     the three ReLU rules, the deconvnet (by autograd and by hand), transposed convolution
     attention  ViT attention from fused kernels, rollout, attention flow, Chefer's relevance
     concepts   concept sets from DermSynth, CAVs, TCAV with its significance test
+    sae        sparse autoencoders (ReLU, TopK), their metrics, editing the model through latents
     hooks      capture a layer's activation and gradient; hooks always removed
     metrics    mask mass and the pointing game
     viz        overlays and grids with one consistent look

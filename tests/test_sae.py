@@ -265,3 +265,57 @@ def test_tampered_sae_is_refused(data_copy):
     path.write_bytes(bytes(data))
     with pytest.raises(RuntimeError, match="does not match"):
         S.load_sae("shortcut")
+
+
+# ---- the notebook's exercise checkers ----
+
+def _solution(acts, W_enc, b_enc, W_dec, b_dec, k):
+    pre = torch.relu((acts - b_dec) @ W_enc + b_enc)
+    top = pre.topk(k, dim=-1)
+    f = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
+    recon = f @ W_dec + b_dec
+    return f, recon, (acts - recon).pow(2).sum(-1).mean()
+
+
+def test_check_topk_sae_passes_the_solution_and_names_slips():
+    from helpers.exercises import check_topk_sae
+
+    assert check_topk_sae(_solution).passed
+
+    def no_bias(acts, W_enc, b_enc, W_dec, b_dec, k):
+        return _solution(acts + b_dec, W_enc, b_enc, W_dec, b_dec, k)[:1] + _solution(acts, W_enc, b_enc, W_dec,
+                                                                                         b_dec, k)[1:]
+
+    def all_kept(acts, W_enc, b_enc, W_dec, b_dec, k):
+        f, recon, mse = _solution(acts, W_enc, b_enc, W_dec, b_dec, k)
+        return torch.relu((acts - b_dec) @ W_enc + b_enc), recon, mse
+
+    def mean_everywhere(acts, W_enc, b_enc, W_dec, b_dec, k):
+        f, recon, _ = _solution(acts, W_enc, b_enc, W_dec, b_dec, k)
+        return f, recon, (acts - recon).pow(2).mean()
+
+    def scaffold(*args):
+        raise NotImplementedError
+
+    assert "pre-encoder bias" in check_topk_sae(no_bias).message
+    assert "keep only the k largest" in check_topk_sae(all_kept).message
+    assert "mean over every entry" in check_topk_sae(mean_everywhere).message
+    todo = check_topk_sae(scaffold)
+    assert not todo.passed and not todo.done and str(todo).startswith("TODO")
+
+
+def test_check_artifact_latent_question_from_the_data():
+    from helpers.exercises import check_artifact_latent_question
+
+    sae, layer = S.load_sae("shortcut")
+    ds = make_dataset(300, clinic="B", seed=S.SEED_BASE["eval"] + 7)
+    codes = S.latent_codes(sae, S.normalize(S.layer_vectors(load_dermnet("shortcut"), ds.images, layer),
+                                            float(sae.act_scale)))
+    corners = S.latent_auroc(codes, S.cell_share(ds.masks["corners"]) >= 0.1)
+    hair = S.latent_auroc(codes, S.cell_share(ds.masks["hair"]) >= 0.1)
+    truth = bool(hair.max() >= 0.9)
+    best, worst = int(corners.argmax()), int(corners.argmin())
+    assert check_artifact_latent_question(best, truth).passed
+    assert "corners_latent" in check_artifact_latent_question(worst, truth).message
+    assert "hair_latent_exists" in check_artifact_latent_question(best, not truth).message
+    assert "must be True or False" in check_artifact_latent_question(best, 1).message
