@@ -147,14 +147,19 @@ def _auc(fractions: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     return ((scores[:, 1:] + scores[:, :-1]) / 2 * df).sum(1)
 
 
-def _curve(model, x, t, ranks, start, end, steps, score, batch_size, channels_last, fill=None) -> Curve:
+def _curve(model, x, t, ranks, start, end, steps, score, batch_size, channels_last, fill=None,
+           last: int | None = None) -> Curve:
     """Scores of the images in which the first n_k pixels of ``ranks`` come from ``end`` and the
-    rest from ``start``, for n_k = floor(k H W / steps), k = 0 .. steps; all (step, image) pairs
-    evaluated in batches of ``batch_size`` images. ``fill(x_k, removed)`` overrides the composition."""
+    rest from ``start``, for n_k = floor(k H W / steps), k = 0 .. steps (or .. ``last``); all
+    (step, image) pairs evaluated in batches of ``batch_size`` images. ``fill(x_k, removed)``
+    overrides the composition."""
     b, hw = x.shape[0], x.shape[-2] * x.shape[-1]
-    counts = torch.arange(steps + 1, device=x.device) * hw // steps
-    n_total = (steps + 1) * b
+    n_points = steps + 1 if last is None else last + 1
+    counts = torch.arange(n_points, device=x.device) * hw // steps
+    n_total = n_points * b
     scores = torch.empty(n_total, dtype=x.dtype, device=x.device)
+    if channels_last:  # compose the images in the layout the model will read: no copy per batch
+        start, end = (v.contiguous(memory_format=torch.channels_last) for v in (start, end))
     with torch.no_grad():
         for lo in range(0, n_total, batch_size):
             k = torch.arange(lo, min(n_total, lo + batch_size), device=x.device)
@@ -162,7 +167,7 @@ def _curve(model, x, t, ranks, start, end, steps, score, batch_size, channels_la
             changed = (ranks[img] < counts[step, None]).view(-1, 1, *x.shape[-2:])
             images = torch.where(changed, end[img], start[img]) if fill is None else fill(img, changed)
             scores[lo:lo + len(k)] = _model_scores(model, images, t[img], score, channels_last)
-    scores = scores.view(steps + 1, b).T.contiguous()
+    scores = scores.view(n_points, b).T.contiguous()
     fractions = counts.double() / hw
     return Curve(fractions, scores, _auc(fractions, scores))
 
@@ -278,8 +283,10 @@ def road(model, x: torch.Tensor, target, attr: torch.Tensor, steps: int = 10, or
     plus Gaussian noise of standard deviation ``noise`` (seeded), instead of a fixed substitute. A
     fixed substitute leaves the *shape* of the removed set in the image, and the shape alone can
     leak the class (the removed set of a good map outlines the lesion); imputation hides it. No
-    retraining (that was ROAR). MoRF: lower AUC is better; LeRF: higher is better.
-    Returns ``Curve(fractions [S+1], scores [B, S+1], auc [B])``.
+    retraining (that was ROAR). MoRF: lower AUC is better; LeRF: higher is better. The curve stops
+    one step short of removing every pixel (with nothing left to impute from, the imputation is
+    undefined): fractions 0, 1/S, ..., (S-1)/S.
+    Returns ``Curve(fractions [S], scores [B, S], auc [B])``.
     """
     x, t = _prepare(model, x, target)
     a = _check_attr(attr, x)
@@ -293,7 +300,9 @@ def road(model, x: torch.Tensor, target, attr: torch.Tensor, steps: int = 10, or
         eps = torch.randn(filled.shape, generator=g, dtype=x.dtype, device=x.device)
         return torch.where(changed, filled + noise * eps, x[img])
 
-    return _curve(model, x, t, pixel_order(a, order, abs), x, x, steps, score, batch_size, channels_last, fill)
+    _positive_int(steps, "steps", 2)
+    return _curve(model, x, t, pixel_order(a, order, abs), x, x, steps, score, batch_size, channels_last, fill,
+                  last=steps - 1)
 
 
 # ------------------------------------------------------------------------------------------

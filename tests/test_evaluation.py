@@ -229,6 +229,7 @@ def test_road_is_seeded_and_keeps_the_kept_pixels(shortcut, xt):
     one = E.road(shortcut, x[:2], t[:2], attr, steps=4, seed=1)
     assert torch.equal(one.scores, E.road(shortcut, x[:2], t[:2], attr, steps=4, seed=1).scores)
     assert not torch.equal(one.scores, E.road(shortcut, x[:2], t[:2], attr, steps=4, seed=2).scores)
+    assert one.fractions.tolist() == [0, 0.25, 0.5, 0.75]  # never every pixel: nothing to impute from
     probs = logits(shortcut, x[:2]).softmax(1).gather(1, t[:2, None])[:, 0]
     assert torch.allclose(one.scores[:, 0], probs, atol=1e-6)
 
