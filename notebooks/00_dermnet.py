@@ -337,9 +337,12 @@ from helpers.exercises import check_mask_mass
 
 
 def my_mask_mass(attr, mask):
-    # your code here; this first attempt forgets something
-    per_pixel = attr.sum(1)
-    return (per_pixel * mask).sum((1, 2)) / per_pixel.sum((1, 2))
+    """The share of each image's attribution magnitude inside the mask, a tensor [B]:
+
+        mass_b = sum_{i,j in mask_b} sum_c |attr[b, c, i, j]|  /  sum_{i,j} sum_c |attr[b, c, i, j]|
+
+    attr [B, C, H, W]; mask [B, H, W] (bool)."""
+    raise NotImplementedError
 
 
 check_mask_mass(my_mask_mass)

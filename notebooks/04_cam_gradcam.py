@@ -507,7 +507,12 @@ from helpers.exercises import check_grad_cam_weights
 
 
 def my_grad_cam_weights(activations, gradients):
-    return gradients.sum((2, 3))  # a first attempt
+    """Grad-CAM's channel weights (Selvaraju et al. 2017), [B, K]:
+
+        alpha_k = (1 / (h w)) sum_{i,j} d S / d A_k[i, j]
+
+    activations and gradients: [B, K, h, w], the layer's output A and dS/dA."""
+    raise NotImplementedError
 
 
 check_grad_cam_weights(my_grad_cam_weights)

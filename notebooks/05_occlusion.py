@@ -310,17 +310,12 @@ from helpers.exercises import check_occlusion
 
 
 def my_occlusion(model, x, target, window, stride):
-    t = torch.as_tensor(target).expand(x.shape[0])
-    with torch.no_grad():
-        full = model(x).gather(1, t[:, None])[:, 0]
-        total = torch.zeros(x.shape[0], 1, *x.shape[-2:])
-        for r in range(0, x.shape[-2] - window + 1, stride):
-            for c in range(0, x.shape[-1] - window + 1, stride):
-                covered = x.clone()
-                covered[..., r:r + window, c:c + window] = 0
-                drop = full - model(covered).gather(1, t[:, None])[:, 0]
-                total[..., r:r + window, c:c + window] += drop.view(-1, 1, 1, 1)
-    return total  # a first attempt
+    """Occlusion with a black patch, [B, 1, H, W]: for each window position p (stride apart),
+
+        drop_p = S_target(x) - S_target(x with window p set to 0),
+
+    and each pixel gets the mean of drop_p over the windows p that cover it."""
+    raise NotImplementedError
 
 
 check_occlusion(my_occlusion)

@@ -508,9 +508,12 @@ from helpers.exercises import check_lime_kernel
 
 
 def my_lime_kernel(z, kernel_width):
-    z = z.double()
-    similarity = z.sum(1) / (z.norm(dim=1) * z.shape[1] ** 0.5)  # cosine with the all-ones vector
-    return torch.exp(-(1 - similarity) ** 2 / kernel_width ** 2)  # a first attempt
+    """LIME's sample weights [n] for binary samples z [n, K] (1 = segment visible):
+
+        pi(z) = exp(-d(z)^2 / (2 w^2)),   d(z) = 1 - cos(z, 1)  (cosine distance to the all-ones row)
+
+    with w = kernel_width; the all-zero row has cosine similarity 0."""
+    raise NotImplementedError
 
 
 check_lime_kernel(my_lime_kernel)

@@ -113,3 +113,52 @@ def test_randomization_test_falls_for_the_gradient_and_leaves_the_model_as_it_wa
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     with pytest.raises(ValueError, match="methods must be"):
         randomization_test(net, {}, x, 0)
+
+
+# ---- notebook 12's checkers ----
+
+def _solution(model, layer):
+    import copy
+    out = copy.deepcopy(model)
+    names = [name for name, _ in out.named_children()]
+    for name in names[names.index(layer):]:
+        for module in getattr(out, name).modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return out
+
+
+def _reset(model, layer, which="up"):
+    names = [name for name, _ in model.named_children()]
+    chosen = {"up": names[names.index(layer):], "only": [layer], "down": names[:names.index(layer) + 1]}[which]
+    for name in chosen:
+        for module in getattr(model, name).modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return model
+
+
+def test_check_randomized_passes_the_solution_and_names_the_slips():
+    import copy
+
+    from helpers.exercises import check_randomized
+
+    def scaffold(model, layer):
+        raise NotImplementedError
+
+    assert check_randomized(_solution).passed
+    todo = check_randomized(scaffold)
+    assert not todo.done and "not done yet" in todo.message
+    assert "changed the caller's model" in check_randomized(_reset).message
+    assert "only layer3 itself" in check_randomized(lambda m, layer: _reset(copy.deepcopy(m), layer, "only")).message
+    assert "wrong way" in check_randomized(lambda m, layer: _reset(copy.deepcopy(m), layer, "down")).message
+    assert "nothing was re-initialized" in check_randomized(lambda m, layer: copy.deepcopy(m)).message
+    assert "expected a model" in check_randomized(lambda m, layer: None).message
+
+
+def test_check_sanity_question_answers_from_the_data():
+    from helpers.exercises import check_sanity_question
+
+    assert check_sanity_question({"guided backprop"}).passed
+    assert not check_sanity_question(set()).passed
+    assert "answer with a set" in check_sanity_question({"LIME"}).message
