@@ -24,7 +24,8 @@ al. and SAELens: a lambda or a learning rate then means the same at any layer.
 
     layer_vectors       a layer's activations as one vector per position, [N*h*w, C]
     norm_scale, normalize    the fixed-mean-norm normalization
-    ReLUSAE, TopKSAE    the two architectures (``encode``, ``decode``, ``forward``, ``loss``)
+    ReLUSAE, TopKSAE    the two architectures (``encode``, ``decode``, ``forward``, ``loss``);
+                        BatchTopKSAE, TopK over the whole batch (a threshold at inference)
     train_sae           seeded training with a progress bar (dead-latent resampling / AuxK)
     evaluate            L0, normalised MSE and variance explained, dead latents
     splice, ablate_latents   run the model with the layer replaced by the SAE (context managers)
@@ -224,6 +225,43 @@ class TopKSAE(_SAE):
         recon = self._sparse_decode(top.indices, top.values) + self.b_dec
         f = torch.zeros_like(post_relu).scatter_(-1, top.indices, top.values.detach())
         mse = self._mse(acts, recon)
+        aux = mse.new_zeros(()) if dead is None else self.aux_loss((acts - recon).detach(), post_relu, dead)
+        return {"mse": mse, "aux": aux, "loss": mse + self.aux_alpha * aux, "latents": f.detach()}
+
+
+class BatchTopKSAE(TopKSAE):
+    """BatchTopK SAE (Bussmann, Leask & Nanda 2024, arXiv:2412.06410): in training, the ``k * N``
+    largest latents of the whole batch of N vectors are kept, so L0 is k on average (more for hard
+    vectors, fewer for easy ones); in eval mode, every latent above a threshold ``theta`` is kept,
+    ``theta`` being a running average (beta = 0.999) of the smallest activation kept in training.
+    Before any training step (``threshold < 0``) eval mode uses the batch rule too."""
+
+    threshold_beta = 0.999
+
+    def __init__(self, d_in: int, d_latent: int, k: int, *, aux_alpha: float = 1 / 32, seed: int = 0):
+        super().__init__(d_in, d_latent, k, aux_alpha=aux_alpha, seed=seed)
+        self.register_buffer("threshold", torch.tensor(-1.0))
+
+    def _topk(self, post_relu: torch.Tensor) -> torch.Tensor:
+        if self.training or self.threshold < 0:
+            flat = post_relu.flatten()
+            top = flat.topk(self.k * post_relu.shape[0], sorted=False)
+            return torch.zeros_like(flat).scatter_(-1, top.indices, top.values).view_as(post_relu)
+        return post_relu * (post_relu > self.threshold)
+
+    def loss(self, acts: torch.Tensor, dead: torch.Tensor | None = None) -> dict:
+        """As ``TopKSAE.loss`` with the batch rule (dense decoder); in train mode it also updates
+        the inference threshold."""
+        post_relu = F.relu(self.pre_acts(acts))
+        f = self._topk(post_relu)
+        recon = self.decode(f)
+        mse = self._mse(acts, recon)
+        if self.training:
+            with torch.no_grad():
+                active = f[f > 0]
+                low = active.min() if active.numel() else f.new_zeros(())
+                beta = 0.0 if self.threshold < 0 else self.threshold_beta
+                self.threshold.copy_(beta * self.threshold + (1 - beta) * low)
         aux = mse.new_zeros(()) if dead is None else self.aux_loss((acts - recon).detach(), post_relu, dead)
         return {"mse": mse, "aux": aux, "loss": mse + self.aux_alpha * aux, "latents": f.detach()}
 
@@ -486,24 +524,29 @@ def _import_dictionary_learning():
         sys.modules["nnsight"] = stub
     try:
         from dictionary_learning.dictionary import AutoEncoder
+        from dictionary_learning.trainers.batch_top_k import BatchTopKTrainer
         from dictionary_learning.trainers.standard import StandardTrainer
         from dictionary_learning.trainers.top_k import AutoEncoderTopK, TopKTrainer
     finally:
         if stub is not None and sys.modules.get("nnsight") is stub:
             del sys.modules["nnsight"]
-    return AutoEncoder, AutoEncoderTopK, StandardTrainer, TopKTrainer
+    return AutoEncoder, AutoEncoderTopK, StandardTrainer, TopKTrainer, BatchTopKTrainer
 
 
 @torch.no_grad()
 def reference_trainer(sae: _SAE):
-    """dictionary-learning's trainer for ``sae``'s kind (``TopKTrainer`` or ``StandardTrainer``, the
-    latter with no sparsity warm-up), its autoencoder given ``sae``'s weights: theirs stores
+    """dictionary-learning's trainer for ``sae``'s kind (``TopKTrainer``, ``BatchTopKTrainer`` or
+    ``StandardTrainer``, the latter with no sparsity warm-up), its autoencoder given ``sae``'s weights: theirs stores
     ``encoder.weight = W_enc^T``, ``decoder.weight = W_dec^T``, and calls ``b_dec`` ``bias`` in the
     ReLU SAE. ``trainer.ae`` is the module; ``trainer.loss(x, step=0, logging=True)`` its losses."""
-    AutoEncoder, AutoEncoderTopK, StandardTrainer, TopKTrainer = _import_dictionary_learning()
+    AutoEncoder, AutoEncoderTopK, StandardTrainer, TopKTrainer, BatchTopKTrainer = _import_dictionary_learning()
     common = dict(steps=10, activation_dim=sae.d_in, dict_size=sae.d_latent, layer=0, lm_name="dermnet",
                   warmup_steps=1, device="cpu", seed=0)
-    if isinstance(sae, TopKSAE):
+    if isinstance(sae, BatchTopKSAE):
+        trainer = BatchTopKTrainer(k=sae.k, auxk_alpha=sae.aux_alpha, **common)
+        trainer.ae.b_dec.copy_(sae.b_dec)
+        trainer.ae.threshold.copy_(sae.threshold)
+    elif isinstance(sae, TopKSAE):
         trainer = TopKTrainer(k=sae.k, auxk_alpha=sae.aux_alpha, **common)
         trainer.ae.b_dec.copy_(sae.b_dec)
     else:

@@ -319,3 +319,34 @@ def test_check_artifact_latent_question_from_the_data():
     assert "corners_latent" in check_artifact_latent_question(worst, truth).message
     assert "hair_latent_exists" in check_artifact_latent_question(best, not truth).message
     assert "must be True or False" in check_artifact_latent_question(best, 1).message
+
+
+def test_batch_topk_matches_dictionary_learning_and_keeps_k_per_vector_on_average():
+    _reference()
+    sae = _randomized(S.BatchTopKSAE(32, 128, 6, seed=5)).train()
+    trainer = S.reference_trainer(sae)
+    x = _acts()
+    with torch.no_grad():
+        f = sae.encode(x)
+        assert torch.equal(trainer.ae.encode(x, use_threshold=False), f)
+        assert int((f > 0).sum()) <= 6 * len(x) and ((f > 0).sum(1) != 6).any()  # varies per vector
+        dead = ~(f > 0).any(0)
+        assert int(dead.sum()) > 0
+        trainer.num_tokens_since_fired[dead] = trainer.dead_feature_threshold
+        theirs = trainer.loss(x, step=0, logging=True).losses
+        ours = sae.loss(x, dead)
+    assert float(ours["mse"]) == pytest.approx(theirs["l2_loss"], rel=1e-6)
+    assert float(ours["aux"]) == pytest.approx(theirs["auxk_loss"], rel=1e-6)
+    assert float(sae.threshold) == float(f[f > 0].min())  # the first step sets the threshold
+    sae.eval()
+    trainer = S.reference_trainer(sae)
+    with torch.no_grad():
+        assert torch.equal(trainer.ae.encode(x, use_threshold=True), sae.encode(x))
+        assert ((sae.encode(x) == 0) | (sae.encode(x) > sae.threshold)).all()
+
+
+def test_batch_topk_trains():
+    x = _acts(2048, 16)
+    sae = S.BatchTopKSAE(16, 64, 4, seed=0)
+    hist = S.train_sae(sae, x, steps=60, batch_size=256, lr=3e-3, seed=5, progress=False)
+    assert hist["mse"][-1] < 0.7 * hist["mse"][0] and float(sae.threshold) > 0 and not sae.training
