@@ -82,7 +82,8 @@ execute: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m helpers.run_notebooks notebooks build
 
-## make data: rebuild the shipped checkpoints, DermNet and DermViT (about 12 minutes on 2 cores),
+## make data: rebuild the shipped checkpoints, DermNet (shortcut, debiased, random labels) and DermViT
+## (about 15 minutes on 2 cores),
 ## then the sparse autoencoders that read them (notebook 14, a few minutes)
 data: $(STAMP)
 	$(BIN)/python -m helpers.train
