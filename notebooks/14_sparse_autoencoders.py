@@ -434,7 +434,10 @@ assert rows["shortcut"]["their push on mel logit"] > 1
 # so the only change is the edit (with $L$ empty the model is unchanged). The **ruler latents** are
 # chosen on the 500 selection images of section 5, by one rule: per-image AUROC against
 # `has_ruler` of at least 0.9. The ruler is split over many latents (one per edge and ruler
-# position, see the pitfalls), so one latent cannot be enough. The test is notebook 00's: 500
+# position, see the pitfalls), so one latent cannot be enough. A caveat: the threshold 0.9 was
+# picked while this notebook was written, after 0.95 and 0.99 had been tried on a 1,000-lesion
+# version of this test (32 and 17 latents, flip rates about 0.07 and 0.16): it was chosen with the
+# answer in view, and a stricter rule removes less of the shortcut. The test is notebook 00's: 500
 # clinic-B lesions (test seeds, never used above) drawn without and with a ruler; the **flip
 # rate** is the share of correctly classified non-melanomas that become melanoma when the ruler is
 # added. A control: as many latents drawn at random among those that fire.
