@@ -51,18 +51,31 @@ def train_dermnet(clinic: str, *, epochs: int, n_per_epoch: int, batch_size: int
         model = DermViT()
     else:
         model = DermNet()
+
+    def epoch_data(epoch):
+        ds = make_dataset(n_per_epoch, clinic=clinic, seed=seed_base + epoch)
+        return ds.images, ds.labels
+
+    return _fit(model, epoch_data, n_per_epoch, epochs=epochs, batch_size=batch_size, lr=lr,
+                weight_decay=weight_decay, desc=f"{arch} clinic {clinic}", progress=progress)
+
+
+def _fit(model, epoch_data, n: int, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
+         desc: str, progress: bool):
+    """The course's training loop: AdamW with a one-cycle schedule; ``epoch_data(epoch)`` gives that
+    epoch's ``(images, labels)`` (n of them), visited in a fresh random order."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = n_per_epoch // batch_size
+    steps_per_epoch = n // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
                                                 pct_start=0.2)
-    bar = tqdm(total=epochs * steps_per_epoch, desc=f"{arch} clinic {clinic}", disable=not progress)
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress)
     model.train()
     for epoch in range(epochs):
-        ds = make_dataset(n_per_epoch, clinic=clinic, seed=seed_base + epoch)
-        order = torch.randperm(n_per_epoch)
+        images, labels = epoch_data(epoch)
+        order = torch.randperm(n)
         for i in range(steps_per_epoch):
             idx = order[i * batch_size:(i + 1) * batch_size]
-            loss = F.cross_entropy(model(ds.images[idx]), ds.labels[idx])
+            loss = F.cross_entropy(model(images[idx]), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -87,26 +100,8 @@ def train_random_labels(*, n_train: int, epochs: int, batch_size: int, lr: float
     images, _, labels = random_label_set(n_train, image_seed, permutation_seed)
     images = images.contiguous(memory_format=torch.channels_last)
     torch.manual_seed(init_seed)
-    model = DermNet()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = n_train // batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.2)
-    bar = tqdm(total=epochs * steps_per_epoch, desc="dermnet random labels", disable=not progress)
-    model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(n_train)
-        for i in range(steps_per_epoch):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            loss = F.cross_entropy(model(images[idx]), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
-    bar.close()
-    return model.eval()
+    return _fit(DermNet(), lambda epoch: (images, labels), n_train, epochs=epochs, batch_size=batch_size,
+                lr=lr, weight_decay=weight_decay, desc="dermnet random labels", progress=progress)
 
 
 def audit_random_labels(model: torch.nn.Module, recipe: dict = RANDOM_LABELS_RECIPE) -> dict:
