@@ -196,10 +196,14 @@ print(inspect.getsource(lime))
 # ### The `lime` package
 #
 # `LimeImageExplainer` with the same segments, the same random state, the same hide colour and the
-# same number of samples. Three details make the comparison exact:
+# same number of samples.
+#
+# <details><summary>Under the hood: three details that make the comparison exact</summary>
+#
 # `random_seed=0` in `explain_instance` so that the explainer's `RandomState` is not consumed
 # choosing a seed for a segmentation we do not use, `top_labels=None` with `labels=(MEL,)`, and a
 # `classifier_fn` that returns DermNet's logits from NHWC NumPy arrays.
+# </details>
 
 # %%
 def classifier_fn(batch_nhwc):

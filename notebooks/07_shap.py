@@ -293,11 +293,17 @@ agree("ours vs Captum", ours_kernel, captum_kernel, 1e-5)
 print(f"(values up to {fmt(captum_kernel.abs().max(), 1)})")
 
 # %% [markdown]
-# Equal to float32 round-off (a float32 spacing at 6 is 5e-7), and the difference is not from the
-# sampling: the coalitions and the scores are the same, but the regression is not solved the same
-# way. Captum hands sklearn's `LinearRegression` float32 arrays, and sklearn keeps the dtype it is
-# given; ours solves in float64. Refitting our coalitions and scores in float32 with sklearn gives
-# Captum's numbers:
+# Equal to float32 round-off: the same coalitions, the same scores, the same answer. The last
+# check shows where the round-off comes from.
+#
+# <details><summary>Under the hood: why float32 round-off and not exact</summary>
+#
+# A float32 spacing at 6 is 5e-7, and the difference is not from the sampling: the coalitions and
+# the scores are the same, but the regression is not solved the same way. Captum hands sklearn's
+# `LinearRegression` float32 arrays, and sklearn keeps the dtype it is given; ours solves in
+# float64. Refitting our coalitions and scores in float32 with sklearn gives Captum's numbers (the
+# next cell).
+# </details>
 
 # %%
 z3 = kernel_shap_coalitions(K, 200, seed=3)
@@ -396,11 +402,15 @@ agree("ours vs shap GradientExplainer (10 samples)", eg_ours_10, eg_shap, 1e-6)
 print(f"(values up to {fmt(eg_ours_10.abs().max(), 2)})")
 
 # %% [markdown]
-# Exact: the same draws give the same attributions. "Same draws" includes their precision. Captum
-# turns $\alpha$ into float32 and computes $1 - \alpha$ in float32; shap keeps $\alpha$ a float64
-# number, so its $1 - \alpha$ is rounded from float64. The two can differ in the last bit, and
-# where that bit moves a ReLU across zero a whole gradient changes, so `gradient_shap_draws` keeps
-# each library's precision and `expected_gradients` computes $1 - \alpha$ in it.
+# Exact: the same draws give the same attributions.
+#
+# <details><summary>Under the hood: "the same draws" includes their precision</summary>
+#
+# Captum turns $\alpha$ into float32 and computes $1 - \alpha$ in float32; shap keeps $\alpha$ a
+# float64 number, so its $1 - \alpha$ is rounded from float64. The two can differ in the last bit,
+# and where that bit moves a ReLU across zero a whole gradient changes, so `gradient_shap_draws`
+# keeps each library's precision and `expected_gradients` computes $1 - \alpha$ in it.
+# </details>
 #
 # ### Completeness, on average
 #
