@@ -334,6 +334,73 @@ def check_integrated_gradients(your_fn, steps: int = 16) -> CheckResult:
     return result
 
 
+def _corner_images(n: int = 32):
+    """Clinic-B images with dark dermoscope corners (the first ``n`` of a fixed draw), their masks."""
+    from .data import make_dataset
+
+    ds = make_dataset(96, clinic="B", seed=777_001)
+    keep = ds.masks["corners"].flatten(1).any(1)
+    return ds.images[keep][:n], ds.masks["corners"][keep][:n]
+
+
+def check_corners_question(shortcut_above_share, debiased_above_share) -> CheckResult:
+    """Notebook 01, exercise 2, answered from the data: on clinic-B images with dark dermoscope
+    corners, does each model's saliency map put more than the corners' area share of its mass on
+    them? (the first 32 such images of ``make_dataset(96, clinic="B", seed=777_001)``)"""
+    from .gradients import saliency
+    from .metrics import mask_mass, mask_share
+    from .models import load_dermnet
+    from .train import logits
+
+    name = "corners question"
+    answers = {"shortcut_above_share": shortcut_above_share, "debiased_above_share": debiased_above_share}
+    if any(v is None for v in answers.values()):
+        return not_done(name, "set both answers to True or False, from your own saliency maps")
+    for key, value in answers.items():
+        if not isinstance(value, bool):
+            return CheckResult(False, name, f"{key} must be True or False, got {value!r}")
+    x, m = _corner_images()
+    share = float(mask_share(m).mean())
+    facts, truth = [], {}
+    for model_name in ("shortcut", "debiased"):
+        model = load_dermnet(model_name)
+        mass = float(mask_mass(saliency(model, x, logits(model, x).argmax(1)), m).mean())
+        truth[f"{model_name}_above_share"] = mass > share
+        facts.append(f"{model_name} {mass:.3f}")
+    detail = f"saliency mass on the corners: {', '.join(facts)}; their area share {share:.3f}"
+    if answers == truth:
+        return CheckResult(True, name, f"right ({detail}). Dark, flat corners have little contrast, and the "
+                                       "gradient of either model barely looks there: unlike the ruler")
+    return CheckResult(False, name, f"not quite: {detail}")
+
+
+def check_ig_corners_question(black_baseline_can_tell) -> CheckResult:
+    """Notebook 03, exercise 2, answered from the data: IG from the black baseline puts almost no
+    mass on the dark corners, for both models. Can it tell whether a model uses them?"""
+    from .gradients import blur_baseline, integrated_gradients
+    from .metrics import mask_mass
+    from .models import load_dermnet
+    from .train import logits
+
+    name = "IG corners question"
+    if black_baseline_can_tell is None:
+        return not_done(name, "set your answer to True or False")
+    if not isinstance(black_baseline_can_tell, bool):
+        return CheckResult(False, name, f"answer True or False, got {black_baseline_can_tell!r}")
+    x, m = _corner_images(16)
+    model = load_dermnet("shortcut")
+    t = logits(model, x).argmax(1)
+    black = float(mask_mass(integrated_gradients(model, x, t, steps=16).abs(), m).mean())
+    blur = float(mask_mass(integrated_gradients(model, x, t, baseline=blur_baseline(x), steps=16).abs(), m).mean())
+    gap = float((x * m[:, None]).abs().sum() / (m.sum() * 3))  # mean |x - b| inside the corners, b = 0
+    detail = (f"the mean |x - b| inside the corners is {gap:.3f} with the black baseline; the shortcut model's IG mass "
+              f"there is {black:.3f} from black and {blur:.3f} from a blurred baseline")
+    if not black_baseline_can_tell:
+        return CheckResult(True, name, f"right: IG multiplies by x - b, which is about 0 where the image is as dark "
+                                       f"as the baseline, whatever the model does ({detail})")
+    return CheckResult(False, name, f"not quite: {detail}. What does the factor (x - b) do there?")
+
+
 # --------------------------------------------------------------------------------------------
 # Notebook 04: CAM and Grad-CAM
 # --------------------------------------------------------------------------------------------

@@ -283,3 +283,25 @@ def test_notebook_scaffolds_read_not_done_yet(checker):
 
     res = getattr(ex, checker)(scaffold)
     assert not res.passed and not res.done and str(res).startswith("TODO") and "not done yet" in res.message
+
+
+@pytest.mark.parametrize("checker", ["check_fft_scale", "check_conv_transpose", "check_tcav_score", "check_rollout"])
+def test_notebook_08_to_11_scaffolds_read_not_done_yet(checker):
+    import helpers.exercises as ex
+
+    def scaffold(*args, **kwargs):
+        raise NotImplementedError
+
+    res = getattr(ex, checker)(scaffold)
+    assert not res.passed and not res.done and "not done yet" in res.message
+
+
+def test_audit_questions_of_notebooks_01_and_03_answer_from_the_data():
+    from helpers.exercises import check_corners_question, check_ig_corners_question
+
+    assert not check_corners_question(None, None).done
+    assert check_corners_question(False, False).passed
+    assert not check_corners_question(True, False).passed
+    assert "True or False" in check_corners_question("no", False).message
+    assert not check_ig_corners_question(None).done
+    assert check_ig_corners_question(False).passed and not check_ig_corners_question(True).passed
