@@ -336,6 +336,20 @@ check_saliency(my_saliency)
 # </details>
 
 # %% [markdown]
+# **Exercise 2, an audit.** DermSynth also draws dark dermoscope corners (`masks["corners"]`). Take
+# clinic-B images that have them (`make_dataset(96, clinic="B", seed=777_001)`, those whose corner
+# mask is not empty), compute saliency for each model's own prediction, and compare the mass on the
+# corners (`mask_mass`) with their area share (`mask_share`). Does each model's saliency put more
+# than the corners' share on them? The checker measures it on the same images.
+
+# %%
+from helpers.exercises import check_corners_question  # noqa: E402
+
+shortcut_above_share = None  # your answers: True or False
+debiased_above_share = None
+print(check_corners_question(shortcut_above_share, debiased_above_share))
+
+# %% [markdown]
 # ## Summary
 #
 # - A saliency map is the magnitude of the gradient of the class logit with respect to the pixels:

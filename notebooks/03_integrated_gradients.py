@@ -493,6 +493,19 @@ check_integrated_gradients(my_integrated_gradients)
 # </details>
 
 # %% [markdown]
+# **Exercise 2, an audit.** DermSynth's dark dermoscope corners (`masks["corners"]`) are nearly
+# black. Compute IG from the black baseline on clinic-B images that have them
+# (`make_dataset(96, clinic="B", seed=777_001)`, those whose corner mask is not empty) and look at
+# the mass on the corners, for either model; then try `blur_baseline`. Can IG from a black baseline
+# tell you whether a model uses the corners? The checker measures both on the same images.
+
+# %%
+from helpers.exercises import check_ig_corners_question  # noqa: E402
+
+black_baseline_can_tell = None  # your answer: True or False
+print(check_ig_corners_question(black_baseline_can_tell))
+
+# %% [markdown]
 # ## Summary
 #
 # - IG integrates the gradient along the straight path from a baseline to the image; its

@@ -287,7 +287,12 @@ for layer in ("layer4", "layer3"):
         pair_maps[f"{name}, {layer}"] = fn(debiased, both, MEL, layer)
         rows[f"{name}, {layer}"] = {k: mask_mass(pair_maps[f"{name}, {layer}"], v).item() for k, v in lesions.items()}
     same[layer] = rank_correlation(pair_maps[f"Grad-CAM, {layer}"], pair_maps[f"Grad-CAM++, {layer}"]).item()
-fig = viz.attribution_grid(both, pair_maps, size=2.0)
+fig = viz.attribution_grid(both, pair_maps, size=2.2)
+for ax, (name, r) in zip(fig.axes[1:], rows.items()):  # each map titled with its mass on each lesion
+    ax.set_title(f"{name}\nleft {r['left lesion']:.2f}, right {r['right lesion']:.2f}", fontsize=8)
+fig.suptitle(f"Two melanomas, debiased model: share of each map on each lesion; rank correlation "
+             f"Grad-CAM vs Grad-CAM++ {same['layer4']:.2f} at layer4, {same['layer3']:.2f} at layer3", fontsize=9)
+fig.tight_layout()
 plt.show()
 print(table(rows, 2))
 assert same["layer4"] > 0.99 and same["layer3"] < 0.9

@@ -314,9 +314,12 @@ from helpers.exercises import check_fft_scale  # noqa: E402
 
 
 def my_fft_scale(size):
-    fy = torch.fft.fftfreq(size)[:, None]
-    fx = torch.fft.fftfreq(size)[None, : size // 2 + 1]
-    return 1.0 / (fx ** 2 + fy ** 2).sqrt()  # a first attempt
+    """The 1/f weights of the rfft2 frequencies of a size x size image, [size, size // 2 + 1]:
+
+        w(fy, fx) = 1 / max(sqrt(fx^2 + fy^2), 1 / size)
+
+    fy over torch.fft.fftfreq(size), fx over torch.fft.rfftfreq(size) (cycles per pixel)."""
+    raise NotImplementedError
 
 
 check_fft_scale(my_fft_scale)

@@ -563,7 +563,13 @@ from helpers.exercises import check_tcav_score  # noqa: E402
 
 
 def my_tcav_score(gradients, cav):
-    return float((gradients * cav).sum(1).mean() > 0)  # a first attempt
+    """The TCAV score (Kim et al. 2018), a float: the share of images whose directional derivative
+    along the CAV is positive,
+
+        TCAV = |{x : S(x) > 0}| / N,   S(x) = gradients[x] . cav
+
+    gradients [N, D] (flattened, one row per class image), cav [D]."""
+    raise NotImplementedError
 
 
 print(check_tcav_score(my_tcav_score))

@@ -641,11 +641,10 @@ from helpers.exercises import check_rollout  # noqa: E402
 
 
 def my_rollout(attentions):
-    result = None
-    for a in attentions:
-        a_hat = 0.5 * torch.eye(a.shape[-1], dtype=a.dtype) + 0.5 * a.mean(1)
-        result = a_hat if result is None else result @ a_hat
-    return result  # a first attempt
+    """Attention rollout (Abnar & Zuidema 2020), [B, T, T], from a list of [B, heads, T, T] tensors:
+
+        A_l = (1/2) I + (1/2) mean_heads(attentions[l]),   rollout = A_L ... A_2 A_1  (blocks 1 .. L)"""
+    raise NotImplementedError
 
 
 check_rollout(my_rollout)
