@@ -31,7 +31,7 @@
 # - explain why guided backprop passes for a trained network when the network is random;
 # - check the whole pipeline against Quantus, and say where Quantus randomizes differently.
 #
-# **Time to run:** about 50 s on 2 CPU cores.
+# **Time to run:** about 35 s on 2 CPU cores.
 
 # %%
 import inspect
