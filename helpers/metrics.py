@@ -159,3 +159,16 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ra, rb = _average_ranks(a.detach().flatten(1)), _average_ranks(b.detach().flatten(1))
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     return ((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))).float()
+
+
+def edge_strength(images: torch.Tensor) -> torch.Tensor:
+    """The Sobel gradient magnitude of the grey image, ``[B, 1, H, W]``: a "map" that never looks at
+    the model, the control that notebooks 12 and 13 hold attribution maps against."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(f"images must be a [B, C, H, W] tensor, got {getattr(images, 'shape', type(images))}")
+    grey = images.detach().mean(1, keepdim=True)
+    k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=grey.dtype, device=grey.device)
+    padded = torch.nn.functional.pad(grey, (1, 1, 1, 1), mode="replicate")
+    gx = torch.nn.functional.conv2d(padded, k.view(1, 1, 3, 3))
+    gy = torch.nn.functional.conv2d(padded, k.T.reshape(1, 1, 3, 3))
+    return (gx ** 2 + gy ** 2).sqrt()

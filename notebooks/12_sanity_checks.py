@@ -39,7 +39,6 @@ import inspect
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from helpers import sanity, viz
 from helpers.cam import grad_cam, guided_backprop, guided_grad_cam
@@ -47,7 +46,7 @@ from helpers.data import CLASSES, make_dataset
 from helpers.deconv import deconvnet
 from helpers.evaluation import bootstrap_ci
 from helpers.gradients import gradient_x_input, integrated_gradients, saliency, smoothgrad
-from helpers.metrics import mask_mass, mask_share, rank_correlation
+from helpers.metrics import edge_strength, mask_mass, mask_share, rank_correlation
 from helpers.models import load_dermnet
 from helpers.perturbation import kernel_shap, occlusion, paint, superpixels
 from helpers.report import agree, fmt, prediction_margin, table
@@ -329,16 +328,7 @@ assert min(ind["guided backprop"][f"only {s}"] for s in ("fc", "layer4", "layer3
 # for the trained network, with the top three stages re-initialized, and with every layer random.
 
 # %%
-def edge_strength(images: torch.Tensor) -> torch.Tensor:
-    """|Sobel gradient| of the grey image, [B, H, W]."""
-    grey = images.mean(1, keepdim=True)
-    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])
-    k = torch.stack([kx, kx.T])[:, None]
-    g = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), k)
-    return g.norm(dim=1)
-
-
-edges = edge_strength(x)
+edges = edge_strength(x)[:, 0]  # helpers.metrics: |Sobel| of the grey image
 edge_rows = {}
 for name in ("saliency", "IG", "Grad-CAM", "guided backprop", "deconvnet"):
     edge_rows[name] = {label: rank_correlation(sanity.as_map(cascade["maps"][step][name]), edges).nan_to_num(0.0).mean()

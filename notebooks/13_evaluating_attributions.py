@@ -44,14 +44,13 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from helpers import evaluation as E
 from helpers import viz
 from helpers.cam import grad_cam, guided_backprop, guided_grad_cam
 from helpers.data import CLASSES, MEL, make_dataset
 from helpers.gradients import gradient_x_input, integrated_gradients, saliency, smoothgrad
-from helpers.metrics import mask_share, rank_correlation
+from helpers.metrics import edge_strength, mask_share, rank_correlation
 from helpers.models import load_dermnet
 from helpers.perturbation import occlusion
 from helpers.report import agree, fmt, prediction_margin, table
@@ -103,11 +102,7 @@ assert truth["shortcut"]["add"] > 0.3 and truth["debiased"]["add"] < 0.05
 # %%
 def edges(model, x, target):
     """Sobel gradient magnitude of the grey image: a map that never looks at the model."""
-    grey = x.mean(1, keepdim=True)
-    k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
-    padded = F.pad(grey, (1, 1, 1, 1), mode="replicate")
-    gx, gy = F.conv2d(padded, k.view(1, 1, 3, 3)), F.conv2d(padded, k.T.reshape(1, 1, 3, 3))
-    return (gx ** 2 + gy ** 2).sqrt()
+    return edge_strength(x)
 
 
 def random_map(model, x, target):

@@ -143,3 +143,15 @@ def test_rank_correlation_gives_ties_their_average_rank_as_scipy_does():
     x, y = zeros.clone(), zeros.clone()
     x[0, :10], y[0, 90:] = torch.arange(1.0, 11.0), torch.arange(1.0, 11.0)
     assert rank_correlation(x, y)[0] < 0
+
+
+def test_edge_strength_is_the_sobel_magnitude_and_rejects_bad_shapes():
+    from helpers.metrics import edge_strength
+
+    x = torch.zeros(1, 3, 8, 8)
+    x[..., 4:] = 1.0  # a vertical step: |Sobel| = 4 on the two columns beside it, 0 elsewhere
+    e = edge_strength(x)
+    assert e.shape == (1, 1, 8, 8) and torch.allclose(e[0, 0, :, 3:5], torch.full((8, 2), 4.0))
+    assert e[0, 0, :, :3].abs().max() == 0 and e[0, 0, :, 5:].abs().max() == 0
+    with pytest.raises(ValueError, match="images must be"):
+        edge_strength(torch.zeros(3, 8, 8))
