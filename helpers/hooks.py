@@ -11,10 +11,16 @@ report against CAM libraries. Here hooks live only inside a ``with`` block::
     rec.activation, rec.gradient   # [B, C, h, w] each; the hooks are already gone
 
 The hooks are removed when the block ends, also when it raises.
+
+Two tools for models the course did not build:
+
+    count_passes     how many forward and backward passes (and images) a method costs
+    one_relu_per_use a copy of a torchvision ResNet whose ReLUs are each used once, not in place
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,3 +126,121 @@ def count_hooks(model: nn.Module) -> int:
         total += len(m._forward_hooks) + len(m._forward_pre_hooks)
         total += len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
     return total
+
+
+@dataclass
+class PassCount:
+    """What ``count_passes`` saw: calls of the model and images through it, each way."""
+
+    forward_calls: int = 0
+    forward_images: int = 0
+    backward_calls: int = 0
+    backward_images: int = 0
+
+
+@contextmanager
+def count_passes(model: nn.Module):
+    """Count the forward and backward passes through ``model`` inside the block::
+
+        with count_passes(model) as c:
+            method(model, x, target)
+        c.forward_calls, c.forward_images, c.backward_calls, c.backward_images
+
+    A forward call is one ``model(batch)``: it adds 1 to ``forward_calls`` and the batch size to
+    ``forward_images``. A backward pass is a gradient flowing back into that call's output (by
+    ``.backward()`` or ``torch.autograd.grad``): it adds 1 to ``backward_calls`` and the batch size
+    to ``backward_images``. Cost on a given machine ~ forward_images * t_forward + backward_images *
+    t_backward, per image. Only calls of ``model`` itself count (not of its submodules called
+    directly). Nothing about the model changes; the hooks are removed when the block ends, also
+    when it raises, and a backward pass after the block is not counted.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    counts, handles, active = PassCount(), [], [True]
+
+    def on_grad(grad):
+        if active[0]:
+            counts.backward_calls += 1
+            counts.backward_images += grad.shape[0] if grad.dim() else 1
+
+    def on_forward(_module, _inputs, output):
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"count_passes: the model returned {type(output).__name__}, not a tensor")
+        counts.forward_calls += 1
+        counts.forward_images += output.shape[0] if output.dim() else 1
+        if output.requires_grad:
+            handles.append(output.register_hook(on_grad))
+
+    try:
+        handles.append(model.register_forward_hook(on_forward))
+        yield counts
+    finally:
+        active[0] = False
+        for h in handles:
+            h.remove()
+
+
+class _BasicBlockOnce(nn.Module):
+    """torchvision's BasicBlock with its two ReLU uses as two modules (same weights, same output)."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.conv1, self.bn1, self.conv2, self.bn2 = block.conv1, block.bn1, block.conv2, block.bn2
+        self.downsample = block.downsample
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        return self.relu2(self.bn2(self.conv2(out)) + identity)
+
+
+class _BottleneckOnce(nn.Module):
+    """torchvision's Bottleneck with its three ReLU uses as three modules."""
+
+    def __init__(self, block):
+        super().__init__()
+        for name in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "downsample"):
+            setattr(self, name, getattr(block, name))
+        self.relu1, self.relu2, self.relu3 = nn.ReLU(), nn.ReLU(), nn.ReLU()
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        return self.relu3(self.bn3(self.conv3(out)) + identity)
+
+
+def one_relu_per_use(model: nn.Module) -> nn.Module:
+    """A copy of a torchvision ResNet (or any model holding its blocks) in which every ReLU is a
+    module of its own, used once and not in place. The caller's model is not changed.
+
+    torchvision's ``BasicBlock`` calls one ``nn.ReLU(inplace=True)`` twice (``Bottleneck``: three
+    times). Rules that keep a per-module state between the forward and the backward pass, such as
+    DeepLift's (Shrikumar et al. 2017, arXiv:1704.02685) reference activations, then see only one of
+    the calls. The copy computes the same function with the same weights,
+
+        block(x) = relu2( bn2(conv2( relu1(bn1(conv1(x))) )) + downsample(x) )
+
+    and keeps every other module name (``layer4``, ``layer4.1.bn2``, ``fc``, ...); the ReLUs inside
+    a block are named ``relu1``, ``relu2`` (, ``relu3``). Every other ``nn.ReLU`` is made not in
+    place. Raises ValueError for a model without torchvision residual blocks.
+    """
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not any(isinstance(m, BasicBlock | Bottleneck) for m in model.modules()):
+        raise ValueError(f"model (a {type(model).__name__}) has no torchvision BasicBlock or Bottleneck: "
+                         "one_relu_per_use rewrites torchvision ResNets; for another model, write its forward "
+                         "with one nn.ReLU() module per use")
+    new = copy.deepcopy(model)
+    for parent in list(new.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, BasicBlock):
+                setattr(parent, name, _BasicBlockOnce(child))
+            elif isinstance(child, Bottleneck):
+                setattr(parent, name, _BottleneckOnce(child))
+            elif isinstance(child, nn.ReLU) and child.inplace:
+                setattr(parent, name, nn.ReLU())
+    return new.train(model.training)
