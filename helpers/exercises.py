@@ -1153,3 +1153,490 @@ def check_artifact_latent_question(corners_latent, hair_latent_exists) -> CheckR
         return CheckResult(True, name, f"right ({facts})" + ("" if truth_hair else ". No hair latent: by layer4 the "
                                                                      "model no longer represents hair"))
     return CheckResult(False, name, f"not quite ({', '.join(wrong)}): {facts}")
+
+
+# --------------------------------------------------------------------------------------------
+# Notebooks 00-07: audit questions answered from the data
+# --------------------------------------------------------------------------------------------
+
+def _bool_answers(name: str, answers: dict):
+    """``None`` while any answer is still ``None`` (a TODO), a failing verdict for a non-bool."""
+    if any(value is None for value in answers.values()):
+        return not_done(name, f"set {', '.join(answers)} to True or False, from your own measurement")
+    for key, value in answers.items():
+        if not isinstance(value, bool):
+            return CheckResult(False, name, f"{key} must be True or False, got {value!r}")
+    return None
+
+
+def _verdict(name: str, answers: dict, truth: dict, detail: str, lesson: str) -> CheckResult:
+    wrong = [key for key in answers if answers[key] != truth[key]]
+    if not wrong:
+        return CheckResult(True, name, f"right ({detail}). {lesson}")
+    return CheckResult(False, name, f"not quite ({', '.join(wrong)}): {detail}")
+
+
+def _with_artifact(artifact: str, n: int, seed: int, count: int = 96, clinic: str = "B"):
+    """The first ``n`` images of ``make_dataset(count, clinic=clinic, seed=seed)`` that show
+    ``artifact`` ("ruler", "ink", "hair" or "corners"), and that artifact's masks."""
+    from .data import make_dataset
+
+    ds = make_dataset(count, clinic=clinic, seed=seed)
+    keep = ds.masks[artifact].flatten(1).any(1)
+    return ds.images[keep][:n], ds.masks[artifact][keep][:n]
+
+
+def check_sliced_accuracy_question(ruler_costs_accuracy, ink_costs_accuracy, hair_costs_accuracy) -> CheckResult:
+    """Notebook 00, exercise 2, answered from the data: on clinic B, is the shortcut model's accuracy
+    on the images that show an artifact 15 points or more below its accuracy on those that do not?
+    For the ruler, the ink marking and hair; measured on 800 fresh clinic-B images (seed 160_001)."""
+    from .concepts import artifacts
+    from .data import make_dataset
+    from .models import load_dermnet
+    from .train import logits
+
+    name = "sliced accuracy question"
+    answers = {"ruler_costs_accuracy": ruler_costs_accuracy, "ink_costs_accuracy": ink_costs_accuracy,
+               "hair_costs_accuracy": hair_costs_accuracy}
+    early = _bool_answers(name, answers)
+    if early is not None:
+        return early
+    ds = make_dataset(800, clinic="B", seed=160_001)
+    right = (logits(load_dermnet("shortcut"), ds.images).argmax(1) == ds.labels).float()
+    present = artifacts(ds)
+    gaps = {a: float(right[~present[a]].mean() - right[present[a]].mean()) for a in ("ruler", "ink", "hair")}
+    truth = {f"{a}_costs_accuracy": gap >= 0.15 for a, gap in gaps.items()}
+    detail = ("on 800 fresh clinic-B images the shortcut model's accuracy is lower with the artifact than "
+              "without by " + ", ".join(f"{gap:+.3f} ({a})" for a, gap in gaps.items()))
+    return _verdict(name, answers, truth, detail,
+                    "Only the ruler costs it accuracy: a slice by each artifact finds the shortcut without "
+                    "looking inside the model, once you know which artifacts to slice by")
+
+
+def check_smoothgrad_ruler_question(shortcut_above_share, debiased_above_share) -> CheckResult:
+    """Notebook 02, exercise 2, answered from the data: on clinic-B images with a ruler, does each
+    model's SmoothGrad map (5% noise, 10 samples, for its own prediction) put more than the ruler's
+    area share of its mass on the ruler? (the first 16 ruler images of
+    ``make_dataset(64, clinic="B", seed=202_001)``; saliency's masses are given for comparison)"""
+    from .gradients import saliency, smoothgrad
+    from .metrics import mask_mass, mask_share
+    from .models import load_dermnet
+    from .train import logits
+
+    name = "SmoothGrad ruler question"
+    answers = {"shortcut_above_share": shortcut_above_share, "debiased_above_share": debiased_above_share}
+    early = _bool_answers(name, answers)
+    if early is not None:
+        return early
+    x, m = _with_artifact("ruler", 16, 202_001, count=64)
+    share = float(mask_share(m).mean())
+    facts, truth = [], {}
+    for model_name in ("shortcut", "debiased"):
+        model = load_dermnet(model_name)
+        t = logits(model, x).argmax(1)
+        smooth = float(mask_mass(smoothgrad(model, x, t, n_samples=10, noise_level=0.05,
+                                            generator=torch.Generator().manual_seed(0)), m).mean())
+        plain = float(mask_mass(saliency(model, x, t), m).mean())
+        truth[f"{model_name}_above_share"] = smooth > share
+        facts.append(f"{model_name} {smooth:.3f} (saliency {plain:.3f})")
+    detail = f"SmoothGrad's ruler mass: {', '.join(facts)}; the ruler's area share {share:.3f}"
+    return _verdict(name, answers, truth, detail,
+                    "SmoothGrad keeps saliency's verdict on both models: it makes the map steadier, it does "
+                    "not change what the gradient points at")
+
+
+def check_gradcam_artifacts_question(shortcut_ruler_twice_share, ink_twice_share, corners_twice_share) -> CheckResult:
+    """Notebook 04, exercise 2, answered from the data: explaining melanoma on clinic-B images, does
+    the shortcut model's Grad-CAM put more than twice the ruler's area share on the ruler, and does
+    either model's Grad-CAM put more than twice the area share on the ink marking, or on the dark
+    corners? (the first 16 images with each artifact of ``make_dataset(96, clinic="B", seed=777_003)``;
+    all-zero maps are left out)"""
+    from .cam import grad_cam
+    from .data import MEL
+    from .metrics import mask_mass, mask_share
+    from .models import load_dermnet
+
+    name = "Grad-CAM artifacts question"
+    answers = {"shortcut_ruler_twice_share": shortcut_ruler_twice_share, "ink_twice_share": ink_twice_share,
+               "corners_twice_share": corners_twice_share}
+    early = _bool_answers(name, answers)
+    if early is not None:
+        return early
+    models = {n: load_dermnet(n) for n in ("shortcut", "debiased")}
+    ratio = {}
+    for artifact in ("ruler", "ink", "corners"):
+        x, m = _with_artifact(artifact, 16, 777_003)
+        share = float(mask_share(m).mean())
+        for model_name, model in models.items():
+            ratio[artifact, model_name] = float(mask_mass(grad_cam(model, x, MEL), m).nanmean()) / share
+    truth = {"shortcut_ruler_twice_share": ratio["ruler", "shortcut"] > 2,
+             "ink_twice_share": max(ratio["ink", "shortcut"], ratio["ink", "debiased"]) > 2,
+             "corners_twice_share": max(ratio["corners", "shortcut"], ratio["corners", "debiased"]) > 2}
+    detail = "Grad-CAM mass / area share (shortcut, debiased): " + ", ".join(
+        f"{a} {ratio[a, 'shortcut']:.2f}, {ratio[a, 'debiased']:.2f}" for a in ("ruler", "ink", "corners"))
+    return _verdict(name, answers, truth, detail,
+                    "Only the shortcut model's ruler clears the bar. A coarse 8x8 map smeared over a thin ink "
+                    "line still gives it about its area share, so a ratio near 1 says 'not used', not 'used a bit'")
+
+
+def check_occlusion_ink_question(ruler_above_share, ink_above_share) -> CheckResult:
+    """Notebook 05, exercise 2, answered from the data: explaining melanoma on clinic-B images with
+    the shortcut model, occlusion (window 16, stride 8, mean-colour patch): does the map put more
+    than the area share on the ruler? On the ink marking? (the first 8 images with each of
+    ``make_dataset(96, clinic="B", seed=777_003)``)"""
+    from .data import MEL
+    from .metrics import mask_mass, mask_share
+    from .models import load_dermnet
+    from .perturbation import occlusion
+
+    name = "occlusion ink question"
+    answers = {"ruler_above_share": ruler_above_share, "ink_above_share": ink_above_share}
+    early = _bool_answers(name, answers)
+    if early is not None:
+        return early
+    model = load_dermnet("shortcut")
+    ratio = {}
+    for artifact in ("ruler", "ink"):
+        x, m = _with_artifact(artifact, 8, 777_003)
+        attr = occlusion(model, x, MEL, window=16, stride=8, baseline="mean")
+        ratio[artifact] = float(mask_mass(attr, m).nanmean() / mask_share(m).mean())
+    truth = {"ruler_above_share": ratio["ruler"] > 1, "ink_above_share": ratio["ink"] > 1}
+    detail = f"occlusion mass / area share: ruler {ratio['ruler']:.2f}, ink {ratio['ink']:.2f}"
+    return _verdict(name, answers, truth, detail,
+                    "Hiding the ruler costs the melanoma logit far more than its size; hiding the ink costs "
+                    "less than its size. (A 16-pixel window is wider than the ink line: the drop it measures "
+                    "belongs to the skin and lesion under the window too)")
+
+
+def check_lime_ruler_question(shortcut_mostly_ruler, debiased_mostly_ruler) -> CheckResult:
+    """Notebook 06, exercise 2, answered from the data: on 10 fresh clinic-A melanomas with a ruler
+    (``make_dataset(10, clinic="A", seed=606_001, ruler=True, labels="mel")``), 16 SLIC segments,
+    LIME for melanoma with 100 samples and seed 0: is the top segment mostly ruler (more than half
+    of its pixels) in more than half of the images, for each model?"""
+    from .data import MEL, make_dataset
+    from .models import load_dermnet
+    from .perturbation import lime, superpixels
+
+    name = "LIME ruler question"
+    answers = {"shortcut_mostly_ruler": shortcut_mostly_ruler, "debiased_mostly_ruler": debiased_mostly_ruler}
+    early = _bool_answers(name, answers)
+    if early is not None:
+        return early
+    ds = make_dataset(10, clinic="A", seed=606_001, ruler=True, labels="mel")
+    segs = superpixels(ds.images, n_segments=16)
+    k = int(segs.max()) + 1
+    part = torch.stack([torch.bincount(s.flatten(), weights=r.flatten().float(), minlength=k)
+                        / torch.bincount(s.flatten(), minlength=k).clamp_min(1)
+                        for s, r in zip(segs, ds.masks["ruler"])])  # [10, K]: the ruler's share of each segment
+    counts, truth = {}, {}
+    for model_name in ("shortcut", "debiased"):
+        values = lime(load_dermnet(model_name), ds.images, MEL, segs, n_samples=100, seed=0).values
+        counts[model_name] = int((part.gather(1, values.argmax(1, keepdim=True))[:, 0] > 0.5).sum())
+        truth[f"{model_name}_mostly_ruler"] = counts[model_name] > 5
+    detail = (f"top segment mostly ruler in {counts['shortcut']} of 10 (shortcut) and {counts['debiased']} of 10 "
+              "(debiased)")
+    return _verdict(name, answers, truth, detail,
+                    "LIME's single most important segment is enough to catch the shortcut model")
+
+
+def check_shap_ruler_question(shortcut_over_one_logit, debiased_over_one_logit) -> CheckResult:
+    """Notebook 07, exercise 2, answered from the data: on clinic-B images with a ruler, 16 SLIC
+    segments, KernelSHAP for melanoma (100 samples, mean-colour baseline): is the Shapley value of
+    the segment that is most ruler worth more than one logit on average, for each model? (the first
+    8 ruler images of ``make_dataset(96, clinic="B", seed=777_003)``)"""
+    from .data import MEL
+    from .models import load_dermnet
+    from .perturbation import kernel_shap, superpixels
+
+    name = "SHAP ruler question"
+    answers = {"shortcut_over_one_logit": shortcut_over_one_logit, "debiased_over_one_logit": debiased_over_one_logit}
+    early = _bool_answers(name, answers)
+    if early is not None:
+        return early
+    x, m = _with_artifact("ruler", 8, 777_003)
+    segs = superpixels(x, n_segments=16)
+    k = int(segs.max()) + 1
+    part = torch.stack([torch.bincount(s.flatten(), weights=r.flatten().float(), minlength=k)
+                        / torch.bincount(s.flatten(), minlength=k).clamp_min(1) for s, r in zip(segs, m)])
+    ruler_seg = part.argmax(1, keepdim=True)
+    value, truth = {}, {}
+    for model_name in ("shortcut", "debiased"):
+        phi = kernel_shap(load_dermnet(model_name), x, MEL, segs, n_samples=100, baseline="mean")
+        value[model_name] = phi.gather(1, ruler_seg)[:, 0]
+        truth[f"{model_name}_over_one_logit"] = float(value[model_name].mean()) > 1
+    detail = ", ".join(f"{n}: mean {float(v.mean()):+.2f} logits (from {float(v.min()):+.2f} to {float(v.max()):+.2f})"
+                       for n, v in value.items())
+    return _verdict(name, answers, truth, f"the ruler segment's Shapley value, {detail}",
+                    "The shortcut model's ruler segment is worth about two logits of melanoma in every image; "
+                    "the debiased model's is worth nothing either way")
+
+
+# --------------------------------------------------------------------------------------------
+# Notebooks 00-07: the harder, optional tasks
+# --------------------------------------------------------------------------------------------
+
+def _slip(name: str, yours: torch.Tensor, ours: torch.Tensor, slips: dict, atol: float, rtol: float) -> CheckResult:
+    """``compare``, but a result that matches a known slip gets that slip's hint."""
+    if isinstance(yours, torch.Tensor) and yours.shape == ours.shape:
+        y = yours.detach().double()
+        if not _close(y, ours.double(), atol, rtol):
+            for hint, wrong in slips.items():
+                if wrong.shape == y.shape and _close(y, wrong.double(), atol, rtol):
+                    return CheckResult(False, name, hint, float((y - ours.double()).abs().max()))
+    return compare(yours, ours, name=name, atol=atol, rtol=rtol)
+
+
+def check_grad_cam_pp_weights(your_fn, layer: str = "layer3") -> CheckResult:
+    """Notebook 04, exercise 3: ``your_fn(activations, gradients) -> [B, K]``, Grad-CAM++'s channel
+    weights w_k = sum_ij a_k(i, j) ReLU(g_k(i, j)) with a = g^2 / (2 g^2 + sum_ab A_k(a, b) g^3)
+    (0 where the denominator is 0), checked at ``layer3``, where the gradient varies over locations.
+    Our weights are the ones ``helpers.cam.grad_cam_pp`` uses (its map is rebuilt from them)."""
+    import torch.nn.functional as F
+
+    from .cam import grad_cam_pp, layer_activation_and_gradient
+
+    model, x, t = _dermnet_batch(3, seed=4)
+    act, grad = layer_activation_and_gradient(model, x, t, layer)
+    yours, verdict = run_learner("grad_cam_pp_weights", your_fn, act.clone(), grad.clone())
+    if verdict is not None:
+        return verdict
+    a, g = act.double(), grad.double()
+
+    def weights(alpha, relu=True):
+        return (alpha * (F.relu(g) if relu else g)).sum((2, 3))
+
+    def alpha_of(denom):
+        return torch.where(denom != 0, g ** 2 / torch.where(denom != 0, denom, torch.ones_like(denom)), 0.0)
+
+    ours = weights(alpha_of(2 * g ** 2 + a.sum((2, 3), keepdim=True) * g ** 3))
+    rebuilt = F.relu((ours[:, :, None, None] * a).sum(1, keepdim=True)).float()
+    assert torch.allclose(rebuilt, grad_cam_pp(model, x, t, layer, upsample=False), atol=1e-5, rtol=1e-4)
+    slips = {
+        "you left out the ReLU on the gradient: Grad-CAM++ sums a * ReLU(g), only positive gradients count":
+            weights(alpha_of(2 * g ** 2 + a.sum((2, 3), keepdim=True) * g ** 3), relu=False),
+        "your a has no sum_ab A g^3 term in the denominator, so a = 1/2 everywhere: the term is what lets "
+        "a location's weight depend on its gradient": weights(alpha_of(2 * g ** 2)),
+        "you used A(i, j) where the denominator has the sum of A over all locations of the channel":
+            weights(alpha_of(2 * g ** 2 + a * g ** 3)),
+        "these are Grad-CAM's weights, the mean gradient: Grad-CAM++ weights each location by a": g.mean((2, 3)),
+        "you averaged a * ReLU(g) over the locations: Grad-CAM++ sums them":
+            weights(alpha_of(2 * g ** 2 + a.sum((2, 3), keepdim=True) * g ** 3)) / (g.shape[2] * g.shape[3]),
+    }
+    if isinstance(yours, torch.Tensor) and yours.shape == act.shape[:2] + (1, 1):
+        yours = yours[:, :, 0, 0]
+    return _slip("grad_cam_pp_weights", yours, ours.float(), slips, atol=1e-6, rtol=1e-4)
+
+
+def check_coalition_sizes(your_fn) -> CheckResult:
+    """Notebook 07, exercise 3: ``your_fn(k) -> [k]``, the probability KernelSHAP's sampler gives a
+    coalition size s = 0 .. k-1: proportional to (k - 1) / (s (k - s)), 0 for s = 0 (the empty and
+    the full coalition are added separately). Compared with ``shapley_kernel_sizes`` for several k."""
+    import math
+
+    from .perturbation import shapley_kernel_sizes
+
+    name = "coalition_sizes"
+    for k in (3, 6, 14):
+        yours, verdict = run_learner(name, your_fn, k)
+        if verdict is not None:
+            return verdict
+        s = torch.arange(1, k, dtype=torch.float64)
+        raw = torch.cat([torch.zeros(1, dtype=torch.float64), (k - 1) / (s * (k - s))])
+        per_coalition = torch.cat([torch.zeros(1, dtype=torch.float64),
+                                   (k - 1) / (torch.tensor([math.comb(k, int(i)) for i in s]) * s * (k - s))])
+        slips = {
+            "your probabilities do not sum to 1: divide by their sum": raw,
+            "you used the Shapley kernel's weight of one coalition, (k - 1) / (C(k, s) s (k - s)): the sampler "
+            "draws a size first, and all C(k, s) coalitions of that size share it, so drop the C(k, s)":
+                per_coalition / per_coalition.sum(),
+            "every size is equally likely in yours: the kernel favours small and large coalitions, "
+            "(k - 1) / (s (k - s))": torch.cat([torch.zeros(1, dtype=torch.float64), torch.full((k - 1,), 1 / (k - 1),
+                                                                                                dtype=torch.float64)]),
+        }
+        if isinstance(yours, torch.Tensor) and yours.shape == (k,) and not torch.isfinite(yours.double()).all():
+            return CheckResult(False, name, f"NaN or infinite values for k = {k}: s = 0 divides by zero; its "
+                                            "probability is 0 (the empty coalition is added separately)")
+        result = _slip(name, yours, shapley_kernel_sizes(k).double(), slips, atol=1e-6, rtol=1e-5)
+        if not result.passed:
+            result.message = f"k = {k}: {result.message}"
+            return result
+    return CheckResult(True, name, "matches shapley_kernel_sizes for k = 3, 6, 14 (to within atol=1e-6)")
+
+
+def check_completeness_gap(your_fn) -> CheckResult:
+    """Notebook 03, exercise 3: ``your_fn(model, x, target, steps) -> [B]``, IG's quadrature error
+    |sum_i IG_i(x) - (S(x) - S(b))| per image, from the black baseline with the trapezoid rule."""
+    from .gradients import integrated_gradients
+
+    name = "completeness_gap"
+    model, x, t = _dermnet_batch(3, seed=2)
+    with torch.no_grad():
+        sx, sb = model(x).gather(1, t[:, None])[:, 0], model(torch.zeros_like(x)).gather(1, t[:, None])[:, 0]
+    for steps in (4, 32):
+        yours, verdict = run_learner(name, your_fn, model, x.clone(), t, steps)
+        if verdict is not None:
+            return verdict
+        total = integrated_gradients(model, x, t, steps=steps).sum((1, 2, 3))
+        ours = (total - (sx - sb)).abs()
+        slips = {
+            "you left out the baseline's score: completeness says sum IG = S(x) - S(b), and S(black) is far "
+            "from 0 here": (total - sx).abs(),
+            "yours keeps the sign: the gap is the absolute difference": total - (sx - sb),
+            "you divided by |S(x) - S(b)|: return the absolute gap, in logits": ours / (sx - sb).abs(),
+        }
+        result = _slip(name, yours, ours, slips, atol=1e-4, rtol=1e-3)
+        if not result.passed:
+            result.message = f"steps = {steps}: {result.message}"
+            return result
+    return CheckResult(True, name, "matches ours at 4 and 32 steps (to within atol=1e-4, rtol=1e-3)")
+
+
+def check_effective_samples(your_fn) -> CheckResult:
+    """Notebook 06, exercise 3: ``your_fn(weights) -> float``, the effective sample size of LIME's
+    weighted regression, (sum pi)^2 / sum pi^2, for weights [n]; checked on the lime kernel's
+    weights at several kernel widths."""
+    import math
+
+    name = "effective_samples"
+    z = torch.randint(0, 2, (500, 16), generator=torch.Generator().manual_seed(0))
+    z[0] = 1
+    on = z.double().sum(1)
+    d = 1 - on / (on.sqrt().clamp_min(1e-300) * 4.0)
+    for width in (0.1, 0.25, 1.0):
+        pi = torch.exp(-d ** 2 / (2 * width ** 2))
+        yours, verdict = run_learner(name, your_fn, pi.clone())
+        if verdict is not None:
+            return verdict
+        try:
+            yours = float(yours)
+        except (TypeError, ValueError):
+            return CheckResult(False, name, f"return a number, got {type(yours).__name__}")
+        ours = float(pi.sum() ** 2 / (pi ** 2).sum())
+        slips = {"you returned sum pi^2 / (sum pi)^2: that is 1 / n_eff": 1 / ours,
+                 "you returned the mean weight: n_eff is (sum pi)^2 / sum pi^2": float(pi.mean()),
+                 "you returned sum pi: that counts weight, not samples; n_eff is (sum pi)^2 / sum pi^2":
+                     float(pi.sum()),
+                 "you squared the weights before summing on top: (sum pi)^2, not sum pi^2, goes above the line":
+                     float((pi ** 2).sum() ** 2 / (pi ** 4).sum())}
+        if not math.isclose(yours, ours, rel_tol=1e-6):
+            for hint, wrong in slips.items():
+                if math.isclose(yours, wrong, rel_tol=1e-6):
+                    return CheckResult(False, name, f"kernel width {width}: {hint}")
+            return CheckResult(False, name, f"kernel width {width}: yours is {yours:.4g}, ours {ours:.4g}")
+    return CheckResult(True, name, "matches (sum pi)^2 / sum pi^2 at kernel widths 0.1, 0.25 and 1")
+
+
+def check_gradient_x_input(your_fn) -> CheckResult:
+    """Notebook 01, exercise 3: ``your_fn(model, x, target)``, gradient x input x * dS/dx, signed,
+    shaped like x; compared with ``helpers.gradients.gradient_x_input`` (and the method contract)."""
+    from .gradients import gradient_x_input, input_gradient
+
+    model, x, t = _dermnet_batch(3, seed=6)
+    result = check_method(your_fn, gradient_x_input, model, x, t, name="gradient_x_input", atol=1e-6, rtol=1e-4)
+    if result.passed or not result.done:
+        return result
+    yours, verdict = run_learner("gradient_x_input", your_fn, model, x.clone(), t)
+    if verdict is not None or not isinstance(yours, torch.Tensor) or yours.shape != x.shape:
+        return result
+    g = input_gradient(model, x, t)
+    slips = {"you took an absolute value (of the gradient or of the product): gradient x input keeps the "
+             "gradient's sign (take .abs() only to display it)": x * g.abs(),
+             "you returned the gradient alone: multiply it by the input": g}
+    return _slip("gradient_x_input", yours, gradient_x_input(model, x, t), slips, atol=1e-6, rtol=1e-4)
+
+
+def check_vargrad(your_fn, n_samples: int = 8, noise_level: float = 0.05) -> CheckResult:
+    """Notebook 02, exercise 3: ``your_fn(model, x, target, noise)``, VarGrad: the variance over the
+    noisy copies of the gradient, (1/n) sum_k g_k^2 - ((1/n) sum_k g_k)^2, with ``noise``
+    [n, B, C, H, W] as in exercise 1; compared with ``smoothgrad(..., variant="var")`` on the same draws."""
+    from .gradients import smoothgrad
+
+    model, x, t = _dermnet_batch(2, seed=1)
+    seed = 12
+    raw = torch.randn((x.shape[0] * n_samples, *x.shape[1:]), generator=torch.Generator().manual_seed(seed))
+    sigma = noise_level * (x.amax((1, 2, 3)) - x.amin((1, 2, 3)))
+    noise = (raw.view(x.shape[0], n_samples, *x.shape[1:]) * sigma.view(-1, 1, 1, 1, 1)).transpose(0, 1)
+    yours, verdict = run_learner("vargrad", your_fn, model, x.clone(), t, noise.clone())
+    if verdict is not None:
+        return verdict
+    ours = smoothgrad(model, x, t, n_samples=n_samples, noise_level=noise_level, variant="var", batch_size=10**6,
+                      generator=torch.Generator().manual_seed(seed))
+    grads = torch.stack([_gradient_of(model, x + noise[k], t, lambda o: o) for k in range(n_samples)])
+    slips = {"you returned the mean of the squared gradients (SmoothGrad^2): subtract the squared mean":
+             (grads ** 2).mean(0),
+             "you returned the standard deviation: VarGrad is the variance, no square root": grads.var(0, False).sqrt(),
+             "you divided by n - 1 (torch.var's default): VarGrad is the plain mean over the n samples, "
+             "unbiased=False": grads.var(0),
+             "you took the variance of |gradient|: VarGrad uses the signed gradients": grads.abs().var(0, False)}
+    return _slip("vargrad", yours, ours, slips, atol=1e-6, rtol=1e-3)
+
+
+def check_occlusion_masks(your_fn) -> CheckResult:
+    """Notebook 05, exercise 3: ``your_fn(size, window, stride) -> [P, size, size]`` bool, the window
+    positions of occlusion on a square image, row by row, stride apart, the last window in each
+    direction cropped at the far edge; compared with ``helpers.perturbation.occlusion_masks``."""
+    from .perturbation import occlusion_masks
+
+    name = "occlusion_masks"
+    for size, window, stride in ((64, 16, 8), (64, 12, 8), (10, 4, 3)):
+        case = f"size {size}, window {window}, stride {stride}"
+        yours, verdict = run_learner(name, your_fn, size, window, stride)
+        if verdict is not None:
+            return verdict
+        ours = occlusion_masks((size, size), (window, window), (stride, stride))
+        if not isinstance(yours, torch.Tensor):
+            return CheckResult(False, name, f"{case}: expected a torch.Tensor, got {type(yours).__name__}")
+        yours = yours.bool()
+        if yours.dim() != 3 or yours.shape[1:] != ours.shape[1:]:
+            return CheckResult(False, name, f"{case}: shape {tuple(yours.shape)}, expected [P, {size}, {size}]")
+        if not yours.any(0).all():
+            return CheckResult(False, name, f"{case}: some pixels are never covered (the far edge?): add one more "
+                                            "window at the end, cropped at the image's edge")
+        if yours.shape[0] != ours.shape[0]:
+            return CheckResult(False, name, f"{case}: {yours.shape[0]} windows, expected {ours.shape[0]} "
+                                            f"(ceil((size - window) / stride) + 1 per direction)")
+        if torch.equal(yours, ours):
+            continue
+        if torch.equal(yours, ours.transpose(1, 2)):
+            return CheckResult(False, name, f"{case}: your windows go column by column: number them row by row")
+        if torch.equal(yours.sum((1, 2)).sort().values, ours.sum((1, 2)).sort().values):
+            return CheckResult(False, name, f"{case}: the right windows, in another order: row by row, left to right")
+        return CheckResult(False, name, f"{case}: different windows (the first differs at position "
+                                        f"{int((yours != ours).flatten(1).any(1).nonzero()[0, 0])})")
+    return CheckResult(True, name, "matches occlusion_masks for (64, 16, 8), (64, 12, 8) and (10, 4, 3)")
+
+
+def check_pointing_game(your_fn, tol: float = 0.05) -> CheckResult:
+    """Notebook 00, exercise 3: ``your_fn(attr, mask, tol) -> [B]``, the pointing game on magnitude
+    maps: 1 when the largest |attr| (summed over the channels) inside the mask beats the largest
+    outside, 0 when it loses, 0.5 when the two are within ``tol`` of the larger; compared with
+    ``helpers.metrics.pointing_game`` on input gradients of the shortcut model and on made-up ties."""
+    from .data import make_dataset
+    from .gradients import input_gradient
+    from .metrics import pointing_game
+    from .models import load_dermnet
+
+    ds = make_dataset(12, clinic="A", seed=5, ruler=True)
+    grad = input_gradient(load_dermnet("shortcut"), ds.images, ds.labels)
+    mask = ds.masks["ruler"]
+    # two made-up maps on image 0's mask: peaks tol/2 apart (a tie, 0.5), and 2 tol apart (the outside wins)
+    inside_px, outside_px = mask[0].flatten().nonzero()[0, 0], (~mask[0]).flatten().nonzero()[0, 0]
+    made_up = torch.zeros(2, 3, mask[0].numel())
+    made_up[:, 1, inside_px] = torch.tensor([1.0, 1.0 - 2 * tol])
+    made_up[:, 1, outside_px] = torch.tensor([1.0 - tol / 2, 1.0])
+    attr = torch.cat([grad, made_up.view(2, 3, *mask.shape[1:])])
+    mask = torch.cat([mask, mask[:1].expand(2, -1, -1)])
+    yours, verdict = run_learner("pointing_game", your_fn, attr.clone(), mask.clone(), tol)
+    if verdict is not None:
+        return verdict
+    ours = pointing_game(attr, mask, tol=tol)
+    per_pixel = attr.abs().sum(1)
+    inside = torch.where(mask, per_pixel, -1.0).flatten(1).amax(1)
+    outside = torch.where(~mask, per_pixel, -1.0).flatten(1).amax(1)
+    signed = attr.sum(1)
+    slips = {"you compared the signed values: the pointing game looks at the magnitude, |attr| summed over the "
+             "channels": torch.where(torch.where(mask, signed, -9e9).flatten(1).amax(1)
+                                     > torch.where(~mask, signed, -9e9).flatten(1).amax(1), 1.0, 0.0),
+             "you left out the ties: within tol of the maximum the two peaks are a tie, 0.5":
+                 torch.where(inside > outside, 1.0, 0.0)}
+    return _slip("pointing_game", yours, ours, slips, atol=0, rtol=0)

@@ -532,6 +532,62 @@ check_grad_cam_weights(my_grad_cam_weights)
 # </details>
 
 # %% [markdown]
+# **Exercise 2, an audit.** Section 3's yardstick for "uses it" is a Grad-CAM mass of more than
+# twice the area share. Apply it to the other artifacts. Take clinic-B images
+# (`make_dataset(96, clinic="B", seed=777_003)`), and for each of the ruler, the ink marking and
+# the dark corners the first 16 images that show it (`masks[name]` not empty). Explain melanoma
+# (`MEL`) with Grad-CAM for both models and divide the mean mass on the artifact (`mask_mass`,
+# `.nanmean()`: an all-zero map points nowhere) by its mean area share. Does the shortcut model
+# put more than twice the share on the ruler? Does either model on the ink? On the corners? The
+# checker measures it on the same images.
+
+# %%
+from helpers.exercises import check_gradcam_artifacts_question  # noqa: E402
+
+shortcut_ruler_twice_share = None  # your answers: True or False
+ink_twice_share = None
+corners_twice_share = None
+print(check_gradcam_artifacts_question(shortcut_ruler_twice_share, ink_twice_share, corners_twice_share))
+
+# %% [markdown]
+# **Exercise 3, harder (optional).** Grad-CAM++'s weights. Write
+# `my_grad_cam_pp_weights(activations, gradients)` `[B, K]` from the formula in section 4. The
+# checker runs it at `layer3`, where the gradient varies over the locations (at `layer4` it does
+# not, and every $a$ would cancel into a channel reweighting), and compares with the weights
+# `helpers.cam.grad_cam_pp` uses. Then build the map from your weights and compare it with Grad-CAM's
+# at `layer3`.
+
+# %%
+from helpers.exercises import check_grad_cam_pp_weights  # noqa: E402
+
+
+def my_grad_cam_pp_weights(activations, gradients):
+    """Grad-CAM++'s channel weights (Chattopadhay et al. 2018), [B, K], with g = dS/dA:
+
+        a_k(i, j) = g^2 / (2 g^2 + sum_ab A_k(a, b) g^3)     (0 where the denominator is 0)
+        w_k       = sum_ij a_k(i, j) ReLU(g_k(i, j))
+
+    activations and gradients: [B, K, h, w]."""
+    raise NotImplementedError
+
+
+check_grad_cam_pp_weights(my_grad_cam_pp_weights)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# def my_grad_cam_pp_weights(activations, gradients):
+#     g2, g3 = gradients ** 2, gradients ** 3
+#     denom = 2 * g2 + activations.sum((2, 3), keepdim=True) * g3
+#     safe = torch.where(denom != 0, denom, torch.ones_like(denom))
+#     alpha = torch.where(denom != 0, g2 / safe, torch.zeros_like(denom))
+#     return (alpha * F.relu(gradients)).sum((2, 3))
+# ```
+# The map is then `F.relu((w[:, :, None, None] * activations).sum(1, keepdim=True))`.
+# </details>
+
+# %% [markdown]
 # ## Summary
 #
 # - CAM reads the class score off the last feature maps, location by location, when the network
