@@ -702,6 +702,57 @@ check_shapley(my_shapley)
 # </details>
 
 # %% [markdown]
+# **Exercise 2, an audit.** How much is the ruler worth? Take the first 8 clinic-B images with a
+# ruler of `make_dataset(96, clinic="B", seed=777_003)`, cut each into 16 SLIC segments, and run
+# KernelSHAP for melanoma (100 samples, `baseline="mean"`) with both models. In each image find the
+# segment with the largest share of ruler pixels. Is its Shapley value more than one logit on
+# average, for the shortcut model? For the debiased model? The checker measures it on the same
+# images.
+
+# %%
+from helpers.exercises import check_shap_ruler_question  # noqa: E402
+
+shortcut_over_one_logit = None  # your answers: True or False
+debiased_over_one_logit = None
+print(check_shap_ruler_question(shortcut_over_one_logit, debiased_over_one_logit))
+
+# %% [markdown]
+# **Exercise 3, harder (optional).** KernelSHAP's coalition-size sampler. Write
+# `my_coalition_sizes(k)`: the probability that the sampler of section 3 draws a coalition of size
+# $s$, for $s = 0, \dots, k-1$. The checker compares with `helpers.perturbation.shapley_kernel_sizes`
+# for several $k$. Then look at it for $k = 14$: which sizes does KernelSHAP spend its samples on?
+
+# %%
+from helpers.exercises import check_coalition_sizes  # noqa: E402
+
+
+def my_coalition_sizes(k):
+    """P(size s) for s = 0 .. k-1, a tensor [k] that sums to 1:
+
+        P(s) proportional to (k - 1) / (s (k - s))  for s = 1 .. k-1,   P(0) = 0
+
+    (the empty and the full coalition are added separately, with a large weight)."""
+    raise NotImplementedError
+
+
+check_coalition_sizes(my_coalition_sizes)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# def my_coalition_sizes(k):
+#     s = torch.arange(k, dtype=torch.float64)
+#     p = (k - 1) / (s * (k - s))   # inf at s = 0 ...
+#     p[0] = 0.0                    # ... which the sampler never draws
+#     return p / p.sum()
+# ```
+# The kernel's weight of one coalition, $(k-1) / (\binom{k}{s} s (k-s))$, summed over the
+# $\binom{k}{s}$ coalitions of a size, gives this: the binomial cancels. The mass sits at the two
+# ends (one segment in, or one out), where each coalition says most about one player.
+# </details>
+
+# %% [markdown]
 # ## Summary
 #
 # - Shapley values share $v(N) - v(\varnothing)$ among the players by averaging each player's
