@@ -202,9 +202,8 @@ assert gbp_once.abs().max() > 1e-3 and abs(gap_np) > 1e-2
 # activation per module, so a module called twice has nowhere to keep the second one, and Captum
 # refuses with a clear error. The fix is a copy with one ReLU per use,
 # `helpers.hooks.one_relu_per_use(model)`: the same weights and outputs, every other layer name
-# kept. DeepLift then runs, but its attributions do not sum to $S(x) - S(\text{black})$: the
-# rescale rule Captum applies at `MaxPool2d` is not exact for a baseline that is not zero
-# after the stem, and black in pixels is not zero once normalized. Remove the pooling layer
+# kept. DeepLift then runs, but its attributions miss $S(x) - S(\text{black})$ by more than 5%:
+# the rule Captum applies at `MaxPool2d` does not keep the sum exact. Remove the pooling layer
 # (a different network, for the check only) and the sum is exact again. So on a torchvision
 # ResNet, DeepLift's completeness is a check to run, not a property to assume.
 #
@@ -337,13 +336,17 @@ except TypeError as err:
 
 # %% [markdown]
 # Grad-CAM needs a feature map, and a ViT layer gives tokens `[B, 1 + h w, C]`: drop the CLS
-# token and fold the rest into the patch grid with `reshape=tokens_to_grid` (the layer is the
-# last block's first LayerNorm, whose input still has one vector per patch):
+# token and fold the rest into the patch grid with `reshape=tokens_to_grid`. The layer is the
+# last block's first LayerNorm, not the block's output: only the CLS token of that output reaches
+# the head, so its patch tokens get no gradient and the map would be empty.
 
 # %%
 vit_cam = grad_cam(vit, image, CLASS, "blocks.11.norm1", reshape=tokens_to_grid, upsample=False)
 print("ViT Grad-CAM map:", tuple(vit_cam.shape), "one value per 16-px patch")
 assert vit_cam.shape == (1, 1, 4, 4) and vit_cam.max() > 0
+after_last = grad_cam(vit, image, CLASS, "blocks.11", reshape=tokens_to_grid, relu=False, upsample=False)
+print("Grad-CAM at the last block's output: every value zero?", bool((after_last == 0).all()))
+assert (after_last == 0).all()
 
 # %% [markdown]
 # ### Before you trust a map on your own model
