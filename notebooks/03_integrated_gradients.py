@@ -506,6 +506,43 @@ black_baseline_can_tell = None  # your answer: True or False
 print(check_ig_corners_question(black_baseline_can_tell))
 
 # %% [markdown]
+# **Exercise 3, harder (optional).** The quadrature error. Write
+# `my_completeness_gap(model, x, target, steps)`: for IG from the black baseline with `steps`
+# points (`integrated_gradients` is allowed), the completeness gap
+# $|\sum_i \mathrm{IG}_i(x) - (S(x) - S(b))|$ per image. Then print it for 4, 8, 16, 32 and 64 steps
+# on a few images: how fast does it fall, and how many steps would you need for a gap below 1% of
+# $|S(x) - S(b)|$?
+
+# %%
+from helpers.exercises import check_completeness_gap  # noqa: E402
+
+
+def my_completeness_gap(model, x, target, steps):
+    """The completeness gap of IG from the black baseline b = 0 (trapezoid rule, `steps` points), [B]:
+
+        delta = | sum_i IG_i(x) - (S_target(x) - S_target(b)) |"""
+    raise NotImplementedError
+
+
+check_completeness_gap(my_completeness_gap)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# def my_completeness_gap(model, x, target, steps):
+#     total = integrated_gradients(model, x, target, steps=steps).sum((1, 2, 3))
+#     t = torch.as_tensor(target).expand(len(x))
+#     with torch.no_grad():
+#         gain = (model(x) - model(torch.zeros_like(x))).gather(1, t[:, None])[:, 0]
+#     return (total - gain).abs()
+# ```
+# On the checker's three images the gap falls from up to a quarter of $|S(x) - S(b)|$ at 4 steps to
+# about 1% at 16 to 32 steps, but not steadily: a ReLU network's path is only piecewise smooth, and
+# a kink between two points can make more steps slightly worse. Measure $\delta$; do not assume it.
+# </details>
+
+# %% [markdown]
 # ## Summary
 #
 # - IG integrates the gradient along the straight path from a baseline to the image; its
