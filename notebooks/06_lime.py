@@ -536,6 +536,52 @@ check_lime_kernel(my_lime_kernel)
 # </details>
 
 # %% [markdown]
+# **Exercise 2, an audit.** Repeat section 6's count on fresh images: 10 clinic-A melanomas with a
+# ruler, `make_dataset(10, clinic="A", seed=606_001, ruler=True, labels="mel")`, 16 SLIC segments
+# each, LIME for melanoma with 100 samples and seed 0. Is the top segment mostly ruler (more than
+# half of its pixels) in more than half of the images, for the shortcut model? For the debiased
+# model? The checker measures it on the same images.
+
+# %%
+from helpers.exercises import check_lime_ruler_question  # noqa: E402
+
+shortcut_mostly_ruler = None  # your answers: True or False
+debiased_mostly_ruler = None
+print(check_lime_ruler_question(shortcut_mostly_ruler, debiased_mostly_ruler))
+
+# %% [markdown]
+# **Exercise 3, harder (optional).** What the kernel width does. A weighted regression with weights
+# $\pi$ learns about as much as $n_{\text{eff}} = (\sum \pi)^2 / \sum \pi^2$ unweighted samples.
+# Write `my_effective_samples(weights)`, then use your `my_lime_kernel` on 1,000 random $z$ with 16
+# segments and print $n_{\text{eff}}$ for kernel widths 0.1, 0.25 (the default) and 1: how many of
+# the 1,000 samples does the default really use?
+
+# %%
+from helpers.exercises import check_effective_samples  # noqa: E402
+
+
+def my_effective_samples(weights):
+    """The effective sample size of weights [n], a float:  (sum_i pi_i)^2 / sum_i pi_i^2."""
+    raise NotImplementedError
+
+
+check_effective_samples(my_effective_samples)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# def my_effective_samples(weights):
+#     return float(weights.sum() ** 2 / (weights ** 2).sum())
+# ```
+# Equal weights give $n$; one weight much larger than the rest gives about 1. A random $z$ hides
+# about half of the segments, a cosine distance near 0.3: with width 0.25 its weight is about
+# $e^{-0.7} \approx 0.5$, so $n_{\text{eff}}$ is still about 870 of 1,000; at width 0.1 the weight
+# is about 0.01 and only the samples that hide few segments count ($n_{\text{eff}}$ about 250); at
+# width 1 nearly all 1,000 do. A narrow kernel makes the fit local, and noisier.
+# </details>
+
+# %% [markdown]
 # ## Summary
 #
 # - LIME fits a weighted linear model to the classifier's scores on images with random sets of
