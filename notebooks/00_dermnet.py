@@ -358,6 +358,57 @@ check_mask_mass(my_mask_mass)
 # </details>
 
 # %% [markdown]
+# **Exercise 2, an audit.** Which artifacts cost the shortcut model accuracy? Slice it: for clinic
+# B's test images (`test["B"]`, predictions `pred["shortcut", "B"]`), `helpers.concepts.artifacts`
+# says which images show each artifact (from the ground-truth masks, the ruler included). Compare
+# the accuracy on the images that show an artifact with the accuracy on those that do not. Is it
+# 15 points or more lower with a ruler? With an ink marking? With hair? The checker measures it on
+# 800 fresh clinic-B images.
+
+# %%
+from helpers.exercises import check_sliced_accuracy_question  # noqa: E402
+
+ruler_costs_accuracy = None  # your answers: True or False
+ink_costs_accuracy = None
+hair_costs_accuracy = None
+print(check_sliced_accuracy_question(ruler_costs_accuracy, ink_costs_accuracy, hair_costs_accuracy))
+
+# %% [markdown]
+# **Exercise 3, harder (optional).** The pointing game, the score the method notebooks report next
+# to the mass: does the map's largest magnitude lie inside the mask? Write
+# `my_pointing_game(attr, mask, tol)`. The checker compares with `helpers.metrics.pointing_game` on
+# gradient maps and on two made-up maps with near-tied peaks.
+
+# %%
+from helpers.exercises import check_pointing_game  # noqa: E402
+
+
+def my_pointing_game(attr, mask, tol):
+    """The pointing game, per image, a float tensor [B]. With a = sum_c |attr[:, c]| and
+    in_b, out_b the largest a inside and outside mask_b:
+
+        1 if in_b > out_b,  0 if in_b < out_b,  0.5 (a tie) if |in_b - out_b| <= tol * max(in_b, out_b)
+
+    attr [B, C, H, W]; mask [B, H, W] (bool)."""
+    raise NotImplementedError
+
+
+check_pointing_game(my_pointing_game, tol=0.05)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# def my_pointing_game(attr, mask, tol):
+#     a = attr.abs().sum(1)
+#     inside = torch.where(mask, a, -1.0).flatten(1).amax(1)    # -1: below every magnitude
+#     outside = torch.where(~mask, a, -1.0).flatten(1).amax(1)
+#     score = (inside > outside).float()
+#     return torch.where((inside - outside).abs() <= tol * torch.maximum(inside, outside), 0.5, score)
+# ```
+# </details>
+
+# %% [markdown]
 # ## Summary
 #
 # - DermSynth draws dermoscopy-like images with ground-truth masks for the lesion and every
