@@ -350,6 +350,39 @@ debiased_above_share = None
 print(check_corners_question(shortcut_above_share, debiased_above_share))
 
 # %% [markdown]
+# **Exercise 3, harder (optional).** Gradient × input. Write `my_gradient_x_input(model, x, target)`
+# with the method contract of exercise 1. Then read section 6's table again: which of the two
+# methods puts more of the debiased model's map on the ruler, and why might multiplying by the
+# pixel values do that?
+
+# %%
+from helpers.exercises import check_gradient_x_input  # noqa: E402
+
+
+def my_gradient_x_input(model, x, target):
+    """Gradient x input (Shrikumar et al. 2016): x * d S_target(x) / d x, signed, shaped like x
+    [B, 3, H, W]; S_target is the target class's logit. Leave no gradients in the model and do
+    not change x."""
+    raise NotImplementedError
+
+
+check_gradient_x_input(my_gradient_x_input)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# def my_gradient_x_input(model, x, target):
+#     xg = x.clone().requires_grad_(True)
+#     (grad,) = torch.autograd.grad(model(xg)[torch.arange(len(x)), target].sum(), xg)
+#     return x * grad   # signed: the product is the first-order contribution from a black image
+# ```
+# Gradient × input gives the debiased model's ruler more mass than saliency does. The ruler is
+# brighter than the skin (compare `on.images.mean(1)[on.masks["ruler"]].mean()` with the rest of the
+# image), and multiplying by $x$ weights bright pixels up, whatever the model does with them.
+# </details>
+
+# %% [markdown]
 # ## Summary
 #
 # - A saliency map is the magnitude of the gradient of the class logit with respect to the pixels:
