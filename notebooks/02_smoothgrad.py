@@ -367,6 +367,57 @@ check_smoothgrad(my_smoothgrad)
 # </details>
 
 # %% [markdown]
+# **Exercise 2, an audit.** Does SmoothGrad change the verdict of notebook 01? Take clinic-B images
+# with a ruler (`make_dataset(64, clinic="B", seed=202_001)`, the first 16 whose ruler mask is not
+# empty), compute SmoothGrad at the sweep's noise level (`level`, 5%) with 10 samples and
+# `generator=torch.Generator().manual_seed(0)`, for each model's own prediction, and compare its
+# ruler mass with the ruler's area share (`mask_share`); then do the same with `saliency`. Does
+# each model's SmoothGrad put more than the ruler's share on the ruler? The checker measures it on
+# the same images.
+
+# %%
+from helpers.exercises import check_smoothgrad_ruler_question  # noqa: E402
+
+shortcut_above_share = None  # your answers: True or False
+debiased_above_share = None
+print(check_smoothgrad_ruler_question(shortcut_above_share, debiased_above_share))
+
+# %% [markdown]
+# **Exercise 3, harder (optional).** VarGrad. Write `my_vargrad(model, x, target, noise)`, with
+# `noise` as in exercise 1: the variance of the gradient over the noisy copies. The checker draws
+# its noise at 5% and compares with `smoothgrad(..., variant="var")` on the same draws.
+
+# %%
+from helpers.exercises import check_vargrad  # noqa: E402
+
+
+def my_vargrad(model, x, target, noise):
+    """VarGrad (Adebayo et al. 2018), shaped like x, with g_k = d S_target(x + noise[k]) / d x:
+
+        (1/n) sum_k g_k^2  -  ((1/n) sum_k g_k)^2
+
+    noise [n, B, C, H, W], already scaled to sigma."""
+    raise NotImplementedError
+
+
+check_vargrad(my_vargrad)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# def my_vargrad(model, x, target, noise):
+#     grads = []
+#     for eps in noise:
+#         xn = (x + eps).requires_grad_(True)
+#         (g,) = torch.autograd.grad(model(xn)[torch.arange(len(x)), target].sum(), xn)
+#         grads.append(g)
+#     grads = torch.stack(grads)
+#     return (grads ** 2).mean(0) - grads.mean(0) ** 2   # = grads.var(0, unbiased=False)
+# ```
+# </details>
+
+# %% [markdown]
 # ## Summary
 #
 # - SmoothGrad averages the gradient over noisy copies of the image; ours reproduces Captum's
