@@ -344,6 +344,54 @@ check_occlusion(my_occlusion)
 # </details>
 
 # %% [markdown]
+# **Exercise 2, an audit.** Does the shortcut model use the ink marking as it uses the ruler? Take
+# clinic-B images (`make_dataset(96, clinic="B", seed=777_003)`) and, for the ruler and for the ink
+# marking, the first 8 images that show it. Explain melanoma (`MEL`) with occlusion (window 16,
+# stride 8, `baseline="mean"`) and compare the mean mass on the artifact with its mean area share.
+# Is the ruler's mass above its share? The ink's? The checker measures it on the same images.
+
+# %%
+from helpers.exercises import check_occlusion_ink_question  # noqa: E402
+
+ruler_above_share = None  # your answers: True or False
+ink_above_share = None
+print(check_occlusion_ink_question(ruler_above_share, ink_above_share))
+
+# %% [markdown]
+# **Exercise 3, harder (optional).** Windows that do not tile. With window 16 and stride 8 the
+# windows fit 64 pixels exactly; with window 12 and stride 8 they do not, and a loop over
+# `range(0, size - window + 1, stride)` never hides the last pixels. Write
+# `my_occlusion_masks(size, window, stride)`: every window position as a boolean mask, row by row,
+# the last window in each direction cropped at the image's far edge (as Captum's `Occlusion`).
+
+# %%
+from helpers.exercises import check_occlusion_masks  # noqa: E402
+
+
+def my_occlusion_masks(size, window, stride):
+    """The occlusion windows of a size x size image, a bool tensor [P, size, size], row by row:
+    starts 0, stride, 2 stride, ... in each direction, ceil((size - window) / stride) + 1 of them,
+    each window cropped at the far edge."""
+    raise NotImplementedError
+
+
+check_occlusion_masks(my_occlusion_masks)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# def my_occlusion_masks(size, window, stride):
+#     starts = [k * stride for k in range(math.ceil((size - window) / stride) + 1)]
+#     masks = torch.zeros(len(starts) ** 2, size, size, dtype=torch.bool)
+#     for p, (r, c) in enumerate((r, c) for r in starts for c in starts):
+#         masks[p, r:r + window, c:c + window] = True   # slicing crops at the edge
+#     return masks
+# ```
+# (`import math` first.)
+# </details>
+
+# %% [markdown]
 # ## Summary
 #
 # - Occlusion needs only inputs and outputs: it is the check that does not trust the model's
