@@ -1216,8 +1216,8 @@ def check_sliced_accuracy_question(ruler_costs_accuracy, ink_costs_accuracy, hai
 def check_smoothgrad_ruler_question(shortcut_above_share, debiased_above_share) -> CheckResult:
     """Notebook 02, exercise 2, answered from the data: on clinic-B images with a ruler, does each
     model's SmoothGrad map (5% noise, 10 samples, for its own prediction) put more than the ruler's
-    area share of its mass on the ruler? (the first 16 ruler images of
-    ``make_dataset(64, clinic="B", seed=202_001)``; saliency's masses are given for comparison)"""
+    area share of its mass on the ruler? (the ruler images of ``make_dataset(64, clinic="B",
+    seed=202_001)``, 11 of them; saliency's masses are given for comparison)"""
     from .gradients import saliency, smoothgrad
     from .metrics import mask_mass, mask_share
     from .models import load_dermnet

@@ -368,7 +368,7 @@ check_smoothgrad(my_smoothgrad)
 
 # %% [markdown]
 # **Exercise 2, an audit.** Does SmoothGrad change the verdict of notebook 01? Take clinic-B images
-# with a ruler (`make_dataset(64, clinic="B", seed=202_001)`, the first 16 whose ruler mask is not
+# with a ruler (`make_dataset(64, clinic="B", seed=202_001)`, those whose ruler mask is not
 # empty), compute SmoothGrad at the sweep's noise level (`level`, 5%) with 10 samples and
 # `generator=torch.Generator().manual_seed(0)`, for each model's own prediction, and compare its
 # ruler mass with the ruler's area share (`mask_share`); then do the same with `saliency`. Does
