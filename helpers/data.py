@@ -19,9 +19,11 @@ nv      melanocytic nevus                round, symmetric, uniform brown, faint 
 vasc    vascular lesion                  red-purple, sharp border, darker round lacunae
 ======  ===============================  ==========================================================
 
-Clinics decide how rulers go with the label. In clinic ``"A"`` a ruler appears in most melanoma
+Clinics decide how artifacts go with the label. In clinic ``"A"`` a ruler appears in most melanoma
 images and in few others (the shortcut); in clinic ``"B"`` rulers appear at one rate whatever the
-class. Ink, hair and dark corners are independent of the class everywhere.
+class. In clinics A and B ink, hair and dark corners are independent of the class. Clinic ``"C"``
+is notebook 15's case, a shortcut the course does not name in advance: its rates are in
+``CLINIC_C``.
 
 Masks are where each thing is drawn, whether or not something is drawn over it: a hair over the
 lesion does not cut the lesion mask. The ruler lies along an edge and the lesion near the centre;
@@ -48,6 +50,10 @@ IMAGE_SIZE = 64
 
 # P(ruler | melanoma), P(ruler | any other class)
 CLINICS = {"A": (0.95, 0.0), "B": (0.3, 0.3)}
+# clinic C (notebook 15): rulers as in clinic B; a surgical ink marking on most melanomas (marked
+# for excision, as in Winkler et al. 2019) and on few other lesions: (class, P(ink | it), P(ink | other))
+CLINIC_C = {"ruler": (0.3, 0.3), "ink": ("mel", 0.9, 0.02)}
+CLINIC_NAMES = (*CLINICS, "C")
 # atypia score ranges of melanoma and nevi (they overlap: see _draw_lesions)
 ATYPIA = {"mel": (0.25, 1.0), "nv": (0.0, 0.6)}
 # how often the class-independent artifacts appear
@@ -100,36 +106,45 @@ def make_dataset(
     clinic: str = "A",
     seed: int = 0,
     ruler: bool | None = None,
+    ink=None,
     p_ruler: tuple[float, float] | None = None,
     labels=None,
     size: int = IMAGE_SIZE,
 ) -> DermSynth:
     """Draw ``n`` DermSynth images, deterministically from ``seed``.
 
-    clinic   "A" (rulers go with melanoma) or "B" (rulers independent of the class)
+    clinic   "A" (rulers go with melanoma), "B" (rulers independent of the class) or "C"
+             (notebook 15's case, ``CLINIC_C``)
     ruler    None: drawn by the clinic's rates; True/False: forced on/off for every image, every
              other draw unchanged (the intervention test)
+    ink      the same for the ink marking: None, True, False, or a bool tensor [n] that forces
+             each image's ink on or off (counterfactual augmentation, notebook 15)
     p_ruler  (P(ruler | mel), P(ruler | other)) to override the clinic's rates, e.g. a weaker
-             shortcut; clinic "B" requires the two to be equal
+             shortcut; clinics "B" and "C" require the two to be equal
     labels   optional int or sequence of class indices or names (one per image, or one for all)
              instead of drawing the classes uniformly
     size     image side in pixels
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    if clinic not in CLINICS:
-        raise ValueError(f"clinic must be one of {sorted(CLINICS)}, got {clinic!r}")
+    if clinic not in CLINIC_NAMES:
+        raise ValueError(f"clinic must be one of {list(CLINIC_NAMES)}, got {clinic!r}")
     if ruler not in (None, True, False):
         raise ValueError(f"ruler must be None, True or False, got {ruler!r}")
+    if isinstance(ink, torch.Tensor):
+        if ink.dtype != torch.bool or ink.shape != (n,):
+            raise ValueError(f"ink: a tensor must be bool of shape ({n},), got {ink.dtype} {tuple(ink.shape)}")
+    elif ink not in (None, True, False):
+        raise ValueError(f"ink must be None, True, False or a bool tensor [n], got {ink!r}")
     if not isinstance(size, int) or size < 32:
         raise ValueError(f"size must be an int >= 32, got {size!r}")
     if p_ruler is None:
-        p_ruler = CLINICS[clinic]
+        p_ruler = CLINIC_C["ruler"] if clinic == "C" else CLINICS[clinic]
     else:
         if len(p_ruler) != 2 or not all(0.0 <= float(p) <= 1.0 for p in p_ruler):
             raise ValueError(f"p_ruler must be two probabilities (mel, other), got {p_ruler!r}")
-        if clinic == "B" and p_ruler[0] != p_ruler[1]:
-            raise ValueError("p_ruler: in clinic 'B' the ruler is independent of the class, "
+        if clinic in ("B", "C") and p_ruler[0] != p_ruler[1]:
+            raise ValueError(f"p_ruler: in clinic {clinic!r} the ruler is independent of the class, "
                              f"so both rates must be equal, got {p_ruler!r}")
 
     g = torch.Generator().manual_seed(int(seed))
@@ -152,7 +167,15 @@ def make_dataset(
     has_ruler = u_ruler < p
     if ruler is not None:
         has_ruler = torch.full((n,), bool(ruler))
-    has_ink, has_hair, has_corners = u_ink < P_INK, u_hair < P_HAIR, u_corners < P_CORNERS
+    p_ink = torch.full((n,), P_INK)
+    if clinic == "C":
+        marked, p_marked, p_other = CLINIC_C["ink"]
+        p_ink = torch.where(y == CLASSES.index(marked), p_marked, p_other)
+    has_ink, has_hair, has_corners = u_ink < p_ink, u_hair < P_HAIR, u_corners < P_CORNERS
+    if isinstance(ink, torch.Tensor):
+        has_ink = ink.clone()
+    elif ink is not None:
+        has_ink = torch.full((n,), bool(ink))
 
     # ---- composite: skin, lesion, ink, hair, ruler, then the dermoscope's dark corners ----
     img = _blend(skin, lesion_rgb, lesion_alpha)

@@ -32,8 +32,9 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 MANIFEST = DATA_DIR / "MANIFEST.json"
 CHECKPOINTS = ("shortcut", "debiased")
 ARCHITECTURES = ("dermnet", "vit")
-# checkpoints that exist for one architecture only: a DermNet trained on permuted labels (notebook 12)
-EXTRA_CHECKPOINTS = {"dermnet": ("random_labels",), "vit": ()}
+# checkpoints that exist for one architecture only: a DermNet trained on permuted labels (notebook 12),
+# and notebook 15's: clinic C's DermNet and two repairs of it
+EXTRA_CHECKPOINTS = {"dermnet": ("random_labels", "clinic_c", "clinic_c_augmented", "clinic_c_rrr"), "vit": ()}
 
 # mean and std of DermSynth pixels (clinic B, 4,000 images); fixed constants so that the
 # model does not depend on the data it is given
@@ -153,6 +154,8 @@ def load_dermnet(name: str = "shortcut") -> DermNet:
           "debiased": trained on clinic B, where the ruler carries no label information
           "random_labels": trained on 1,024 fixed clinic-A images whose labels were permuted; it
           memorizes them and has learned nothing that transfers (notebook 12's data randomization)
+    "clinic_c": trained on clinic C (notebook 15's case); "clinic_c_augmented", "clinic_c_rrr":
+          two repairs fine-tuned from it (``helpers.train.train_fix``)
     """
     path = verify_checkpoint(name)
     model = DermNet()

@@ -54,7 +54,7 @@ from .models import load_dermnet, sha256
 
 LAYER = "layer4"
 # DermSynth seeds for SAE work: disjoint from training (10,000+), concepts (600,000+) and test (900,000+)
-SEED_BASE = {"A": 700_000, "B": 710_000, "eval": 720_000}
+SEED_BASE = {"A": 700_000, "B": 710_000, "eval": 720_000, "C": 730_000}
 
 
 # ---- activations ----
@@ -563,9 +563,13 @@ def reference_trainer(sae: _SAE):
 SHIPPED = dict(layer=LAYER, d_latent=1024, k=32, steps=2000, batch_size=1024, lr=1e-3, n_images=4000, seed=0)
 
 
+# the DermNet each shipped SAE reads, and the clinics whose images it is trained on (half each)
+SAE_MODELS = {"shortcut": ("A", "B"), "debiased": ("A", "B"), "clinic_c": ("C", "B")}
+
+
 def sae_path(name: str):
-    if name not in ("shortcut", "debiased"):
-        raise ValueError(f"name must be 'shortcut' or 'debiased', got {name!r}")
+    if name not in SAE_MODELS:
+        raise ValueError(f"name must be one of {list(SAE_MODELS)}, got {name!r}")
     return _models.DATA_DIR / f"sae_{name}.pt"
 
 
@@ -576,7 +580,7 @@ def training_images(n: int, clinic: str, offset: int = 0) -> torch.Tensor:
 
 
 def load_sae(name: str = "shortcut"):
-    """The shipped TopK SAE for DermNet ``name`` ("shortcut" or "debiased"), sha256-verified against
+    """The shipped TopK SAE for DermNet ``name`` ("shortcut", "debiased" or "clinic_c"), sha256-verified against
     data/MANIFEST.json, in eval mode: ``(sae, layer)``, the layer it reads (``sae.layer`` too)."""
     path = sae_path(name)
     rebuild = "Rebuild it with `make data` (python -m helpers.sae)."
@@ -598,11 +602,12 @@ def load_sae(name: str = "shortcut"):
 
 def build_shipped(name: str, progress: bool = True, **overrides):
     """Train the shipped SAE for DermNet ``name`` from ``SHIPPED``: activations of ``n_images``
-    images, half clinic A and half clinic B, normalized to mean norm sqrt(d_in)."""
+    images, half from each of its two clinics (``SAE_MODELS``: A and B, or C and B for clinic C's
+    model), normalized to mean norm sqrt(d_in)."""
     cfg = dict(SHIPPED, **overrides)
     model = load_dermnet(name)
     half = cfg["n_images"] // 2
-    acts = torch.cat([layer_vectors(model, training_images(half, c), cfg["layer"]) for c in ("A", "B")])
+    acts = torch.cat([layer_vectors(model, training_images(half, c), cfg["layer"]) for c in SAE_MODELS[name]])
     scale = norm_scale(acts)
     acts = normalize(acts, scale)
     sae = TopKSAE(acts.shape[1], cfg["d_latent"], cfg["k"], seed=cfg["seed"])
@@ -614,7 +619,7 @@ def build_shipped(name: str, progress: bool = True, **overrides):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Rebuild the shipped SAEs in data/ (sae_*.pt).")
-    parser.add_argument("--models", nargs="+", default=["shortcut", "debiased"], choices=["shortcut", "debiased"])
+    parser.add_argument("--models", nargs="+", default=list(SAE_MODELS), choices=list(SAE_MODELS))
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     for name in args.models:

@@ -109,7 +109,7 @@ def test_forced_labels_and_indexing():
 
 
 @pytest.mark.parametrize("kwargs, word", [
-    (dict(n=0), "n"), (dict(n=2.5), "n"), (dict(n=4, clinic="C"), "clinic"),
+    (dict(n=0), "n"), (dict(n=2.5), "n"), (dict(n=4, clinic="D"), "clinic"),
     (dict(n=4, ruler="yes"), "ruler"), (dict(n=4, p_ruler=(1.5, 0.1)), "p_ruler"),
     (dict(n=4, clinic="B", p_ruler=(0.9, 0.1)), "p_ruler"), (dict(n=4, size=8), "size"),
     (dict(n=2, labels=["melanoma", "nv"]), "labels"), (dict(n=2, labels=[9, 0]), "labels"),
