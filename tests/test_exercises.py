@@ -485,3 +485,43 @@ def test_more_harder_task_scaffolds_read_not_done_yet(checker):
 
     res = getattr(ex, checker)(scaffold)
     assert not res.passed and not res.done and str(res).startswith("TODO") and "not done yet" in res.message
+
+
+# ---- notebook 15 ----
+
+def _my_flip_rate(model, off_images, on_images, labels, target):
+    from helpers.train import predict
+    p_off, p_on = predict(model, off_images), predict(model, on_images)
+    base = (labels != target) & (p_off == labels)
+    return (p_on[base] == target).float().mean().item()
+
+
+def test_flip_rate_checker():
+    from helpers.exercises import check_flip_rate
+    from helpers.train import predict
+
+    def scaffold(model, off_images, on_images, labels, target):
+        raise NotImplementedError
+
+    def every_other(model, off_images, on_images, labels, target):
+        return (predict(model, on_images)[labels != target] == target).float().mean().item()
+
+    assert check_flip_rate(_my_flip_rate).passed
+    todo = check_flip_rate(scaffold)
+    assert not todo.passed and not todo.done and "not done yet" in str(todo)
+    slip = check_flip_rate(every_other)
+    assert not slip.passed and "right without the artifact" in slip.message
+    assert not check_flip_rate(lambda *a: "0.5").passed
+
+
+def test_shortcut_question_checker():
+    from helpers.exercises import check_shortcut_question
+
+    todo = check_shortcut_question(None, None)
+    assert not todo.passed and not todo.done
+    right = check_shortcut_question("ink", "mel")
+    assert right.passed, right.message
+    assert not check_shortcut_question("ruler", "mel").passed
+    assert not check_shortcut_question("ink", "nv").passed
+    assert "artifact must be" in check_shortcut_question("tattoo", "mel").message
+    assert "stands_for must be" in check_shortcut_question("ink", "melanoma").message

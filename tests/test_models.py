@@ -157,3 +157,45 @@ def test_random_label_model_memorized_its_set_and_is_at_chance_elsewhere():
     assert models.checkpoint_path("random_labels").stat().st_size <= 5 * 2**20
     with pytest.raises(ValueError, match="name must be one of"):
         models.checkpoint_path("random_labels", "vit")
+
+
+# ---- notebook 15: clinic C's model and its two repairs, re-measured on held-out images ----
+
+@pytest.fixture(scope="module")
+def clinic_c_figures():
+    from helpers.train import CLINIC_C_MODELS, audit_clinic_c
+    return {name: audit_clinic_c(load_dermnet(name)) for name in CLINIC_C_MODELS}
+
+
+def test_clinic_c_model_learned_the_ink_shortcut(clinic_c_figures):
+    f = clinic_c_figures["clinic_c"]
+    assert f["accuracy_C"] >= 0.97 and f["accuracy_B"] <= f["accuracy_C"] - 0.05
+    assert f["flip_add_ink"] >= 0.10 and f["flip_remove_ink"] >= 0.40, f
+    assert f["flip_add_n"] >= 500 and f["flip_remove_n"] >= 100
+
+
+@pytest.mark.parametrize("name", ["clinic_c_augmented", "clinic_c_rrr"])
+def test_repairs_shipped_figures_match_a_fresh_audit(clinic_c_figures, name):
+    import json
+    shipped = json.loads(models.MANIFEST.read_text())["files"][models.checkpoint_path(name).name]["figures"]
+    for key, value in clinic_c_figures[name].items():
+        assert abs(shipped[key] - value) < 1e-3, (key, shipped[key], value)
+
+
+def test_counterfactual_augmentation_removes_the_ink_shortcut(clinic_c_figures):
+    f, reference = clinic_c_figures["clinic_c_augmented"], accuracy(load_dermnet("debiased"), "B")
+    assert f["flip_add_ink"] <= 0.05 and f["accuracy_B"] >= reference - 0.03, f
+
+
+def test_fine_tuning_starts_from_a_copy(monkeypatch):
+    """train_fix never changes the model it starts from."""
+    from helpers.train import train_fix
+    torch.manual_seed(0)
+    base = DermNet().eval()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    fixed = train_fix("rrr", base, epochs=1, n_per_epoch=64, batch_size=32, lr=1e-3, weight_decay=0.0,
+                      progress=False)
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())
+    assert not fixed.training and any(not torch.equal(v, fixed.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="kind"):
+        train_fix("paint", base, epochs=1, n_per_epoch=64, batch_size=32, lr=1e-3, weight_decay=0.0)
