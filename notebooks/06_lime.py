@@ -16,17 +16,14 @@
 # %% [markdown]
 # # 06 · LIME: a linear model of the classifier, near one image
 #
-# **The question.** Occlusion hides one patch at a time. What if we hide *many* regions at once, at
-# random, and ask a simple linear model to summarise what the classifier did? How far can we trust
-# that summary, and does it see DermNet's ruler?
+# **The question.** Occlusion hides one patch at a time. LIME hides *many* regions at once, at
+# random, and fits a linear model to the classifier's answers. Can we trust that summary, and does
+# it see DermNet's ruler?
 #
 # **After this notebook you will be able to**
-# - cut an image into superpixels and explain a prediction with `helpers.perturbation.lime`, and
-#   say what each of its steps (samples, composed images, kernel, surrogate) does;
-# - reproduce the `lime` package's `LimeImageExplainer` and Captum's `Lime` to round-off, and
-#   explain why the two libraries give different answers for the same image;
-# - measure how stable a LIME explanation is across random seeds and sample counts, and audit
-#   DermNet's shortcut with the ruler mass of LIME maps.
+# - explain a prediction with `helpers.perturbation.lime`, step by step;
+# - reproduce the `lime` package and Captum's `Lime`, and say why they disagree;
+# - measure a LIME map's stability, and audit DermNet's shortcut with it.
 #
 # **Time to run:** about 30 s on 2 CPU cores.
 
@@ -62,31 +59,28 @@ clinic_a = make_dataset(200, clinic="A", seed=TEST_SEEDS["A"])  # 200 held-out c
 # ## 1. Intuition and maths
 #
 # Ribeiro, Singh & Guestrin (2016, [arXiv:1602.04938](https://arxiv.org/abs/1602.04938)) explain
-# one prediction with a model simple enough to read, fitted only *near* the input. For an image:
+# one prediction with a simple model fitted *near* the input. For an image:
 #
-# 1. cut it into $K$ regions (**superpixels**); a binary vector $z \in \{0, 1\}^K$ says which stay
-#    visible;
-# 2. draw many random $z$ and compose each image $h(z)$: segment $k$ kept where $z_k = 1$, replaced
-#    by a **hide colour** where $z_k = 0$; score each with the classifier, $f(h(z))$;
-# 3. weight each sample by its closeness to the full image $z = \mathbf 1$, and fit a linear
-#    **surrogate** by weighted ridge regression:
+# 1. cut it into $K$ **superpixels**; a binary $z \in \{0, 1\}^K$ says which stay visible;
+# 2. for many random $z$, compose the image $h(z)$, hidden segments filled with a **hide colour**,
+#    and score it: $f(h(z))$;
+# 3. fit a linear **surrogate** by ridge regression, each sample weighted by its closeness to the
+#    full image $z = \mathbf 1$:
 #
 # $$g^\star = \arg\min_{g_0,\,g}\; \sum_{z} \pi(z)\,\big(f(h(z)) - g_0 - g^\top z\big)^2
 #   + \alpha \lVert g \rVert^2, \qquad
 #   \pi(z) = \exp\!\Big(-\frac{d(z)^2}{2 w^2}\Big), \qquad
 #   d(z) = 1 - \frac{z^\top \mathbf 1}{\lVert z \rVert\,\sqrt K}.$$
 #
-# $g_k$ is the explanation: by how much, in the surrogate, showing segment $k$ rather than hiding
-# it raises the score. The `lime` package's defaults: $d$ the cosine distance between $z$ and
-# $\mathbf 1$, kernel width $w = 0.25$, $\alpha = 1$, each hidden segment filled with its own mean
-# colour. Here $f$ is DermNet's logit for the class explained.
+# $g_k$, the explanation, is how much showing segment $k$ raises the surrogate's score ($f$ is
+# DermNet's logit for the class). The `lime` package's defaults: $w = 0.25$, $\alpha = 1$, hidden
+# segments filled with their own mean colour.
 
 # %% [markdown]
 # ## 2. Superpixels: the features LIME switches on and off
 #
-# LIME does not score pixels; it scores the regions we give it. `superpixels` runs SLIC
-# (Achanta et al. 2012), which groups neighbouring pixels of similar colour. One clinic-A melanoma
-# with a ruler, its ground-truth masks and its segments:
+# LIME scores the regions we give it. `superpixels` runs SLIC (Achanta et al. 2012), grouping
+# neighbouring pixels of similar colour. A clinic-A melanoma with a ruler, and its segments:
 
 # %%
 with_ruler = clinic_a.has_ruler.nonzero()[:, 0]
@@ -117,15 +111,15 @@ print(f"segments mostly ruler: {mostly.nonzero()[:, 0].tolist()}; they hold "
       f"{fmt((ruler & mostly[seg]).sum() / ruler.sum(), 3)} of the ruler's pixels")
 
 # %% [markdown]
-# Sixteen requested, eleven returned (SLIC adapts the count to the image). No segment is pure ruler:
-# the two that are mostly ruler also hold skin, and part of the ruler sits in a third segment that is
-# half skin. Whatever LIME says about "the ruler" is said about these mixed regions.
+# Sixteen segments requested, eleven returned. No segment is pure ruler: the two mostly-ruler ones
+# also hold skin, and a third, half skin, holds part of the ruler. LIME's verdict on "the ruler" is a
+# verdict on these mixed regions.
 
 # %% [markdown]
 # ## 3. From scratch, one step at a time
 #
-# **Samples.** Each row of `z` is one perturbation: which of the $K$ segments stay visible. The
-# `lime` package draws them uniformly with NumPy and makes the first row all ones (the image itself).
+# **Samples.** Each row of `z` says which segments stay visible. The `lime` package draws them
+# uniformly; its first row is all ones (the image itself).
 
 # %%
 n = 100
@@ -134,8 +128,8 @@ z[0] = 1
 print(f"z: {tuple(z.shape)}; segments visible per sample: mean {fmt(z.sum(1).float().mean(), 2)} of {k}")
 
 # %% [markdown]
-# **Composed images.** A hidden segment takes its own mean colour (the package's `hide_color=None`):
-# the region's texture, its edges and the ruler's tick marks disappear, its average colour stays.
+# **Composed images.** A hidden segment takes its own mean colour (`hide_color=None`): its texture,
+# its edges and the ruler's ticks vanish.
 
 # %%
 means = torch.stack([x[0][:, seg == j].mean(1) for j in range(k)])  # [K, 3]
@@ -148,8 +142,8 @@ fig = viz.image_grid(images[:6], titles=[f"{int(z[i].sum())} on, mel {y[i]:.1f}"
 plt.show()
 
 # %% [markdown]
-# **Weights.** The cosine distance to the all-ones vector (the package calls scikit-learn's
-# `pairwise_distances`), then the kernel; a sample with few segments visible counts little.
+# **Weights.** The cosine distance to the all-ones row, then the kernel: samples with few segments
+# visible count little.
 
 # %%
 d = torch.as_tensor(pairwise_distances(z.numpy(), z[:1].numpy(), metric="cosine")[:, 0])
@@ -159,9 +153,9 @@ for on in (k, 9, 6, 3):
     print(f"{on:2d} of {k} segments on: distance {fmt(d[row], 3)}, weight {fmt(pi[row], 3)}")
 
 # %% [markdown]
-# **Surrogate.** Weighted ridge regression of the scores on `z`, exactly what the package calls.
-# Its coefficients are the explanation; `score` gives the weighted $R^2$, how well a linear model
-# of the segments reproduces the classifier on these samples.
+# **Surrogate.** Weighted ridge regression of the scores on `z`. Its coefficients are the
+# explanation; its weighted $R^2$ says how well a linear model of the segments fits the classifier
+# here.
 
 # %%
 surrogate = Ridge(alpha=1.0).fit(z.numpy(), y.numpy(), sample_weight=pi.numpy())
@@ -172,8 +166,7 @@ print(f"weighted R^2 of the surrogate: {fmt(r2, 3)}")
 assert abs(r2 - 0.98) < 0.01  # quoted as 0.98 in sections 4 and 7
 
 # %% [markdown]
-# `helpers.perturbation.lime` does the same in one call. It solves the same ridge problem with
-# torch's least squares in float64, so the two agree to round-off:
+# `helpers.perturbation.lime` does the same in one call:
 
 # %%
 ours = lime(shortcut, x, MEL, seg, n_samples=n, seed=0)
@@ -195,14 +188,16 @@ print(inspect.getsource(lime))
 #
 # ### The `lime` package
 #
-# `LimeImageExplainer` with the same segments, the same random state, the same hide colour and the
-# same number of samples.
+# `LimeImageExplainer` with the same segments, random state, hide colour and sample count.
 #
-# <details><summary>Under the hood: three details that make the comparison exact</summary>
+# <details><summary>Under the hood: what makes the comparison exact</summary>
 #
-# `random_seed=0` in `explain_instance` so that the explainer's `RandomState` is not consumed
-# choosing a seed for a segmentation we do not use, `top_labels=None` with `labels=(MEL,)`, and a
-# `classifier_fn` that returns DermNet's logits from NHWC NumPy arrays.
+# - `random_seed=0` in `explain_instance`, so the explainer's `RandomState` is not spent seeding a
+#   segmentation we do not use;
+# - `top_labels=None` with `labels=(MEL,)`;
+# - a `classifier_fn` that returns DermNet's logits from NHWC NumPy arrays;
+# - the same solvers: scikit-learn's `pairwise_distances` and `Ridge`, as in section 3. The helper
+#   solves the same ridge problem in float64 (torch's least squares).
 # </details>
 
 # %%
@@ -233,10 +228,8 @@ print(f"the package's weighted R^2 (exp.score): {fmt(score_mean, 3)}")
 # %% [markdown]
 # ### Captum's `Lime`
 #
-# Captum makes other choices, and ours reproduces them when asked: Bernoulli(0.5) samples from
-# torch's generator, the cosine distance between the composed *image* and the original in pixel
-# space, kernel width 1.0, scikit-learn's `Lasso(alpha=0.01)` fitted in float32, hidden pixels set
-# to 0 (black). Same seed, same samples:
+# Captum makes other choices (table below); our helper reproduces them when asked. Same seed, same
+# samples:
 
 # %%
 torch.manual_seed(0)
@@ -249,8 +242,7 @@ _ = agree("ours vs Captum", ours_captum.values[0], captum, atol=1e-5)
 # %% [markdown]
 # ### The two libraries disagree with each other
 #
-# Both reproduced; now compare the two libraries with each other, each as it comes (only the
-# number of samples set, 100 for both), on the same image and the same segments:
+# Each library as it comes (only the sample count set, 100), same image and segments:
 
 # %%
 # Rankings are discrete: each one asserts that round-off (about 1e-6 logit, the parity checks above)
@@ -282,20 +274,19 @@ assert abs(libraries["rank correlation"] - 0.2) < 0.05  # "near 0.2"
 assert (captum < 0).sum() >= k - 2  # nearly every segment negative
 
 # %% [markdown]
-# A rank correlation near 0.2: the two libraries order the segments almost unrelatedly, and
-# Captum gives nearly every segment a large *negative* weight. They differ in five choices:
+# A rank correlation near 0.2: almost unrelated orders, and Captum gives nearly every segment a
+# large *negative* weight. Five choices differ:
 #
 # | | `lime` package | Captum `Lime` |
 # |---|---|---|
-# | sampler | NumPy `randint(0, 2)`, first row all ones | torch Bernoulli(0.5), no special first row |
-# | distance | cosine between $z$ and $\mathbf 1$ (binary space) | cosine between $h(z)$ and $x$ (pixel space) |
+# | sampler | NumPy `randint(0, 2)`, first row all ones | torch Bernoulli(0.5) |
+# | distance | cosine between $z$ and $\mathbf 1$ | cosine between $h(z)$ and $x$ |
 # | kernel width | 0.25 | 1.0 |
-# | surrogate | `Ridge(alpha=1)` | `Lasso(alpha=0.01)` |
+# | surrogate | `Ridge(alpha=1)` | `Lasso(alpha=0.01)`, fitted in float32 |
 # | hidden segment | its mean colour | 0 (black) |
 #
-# Which of them matters? Start from the `lime` package's setting and change one choice at a time
-# with our helper (a different seed first, to see how much the random draw alone moves the
-# weights):
+# Which matters? Change one at a time from the package's setting; first a new seed, to see what the
+# random draw alone does:
 
 # %%
 toggles = {"another seed (seed=1)": dict(seed=1), "sampler: Captum's Bernoulli": dict(sampler="captum"),
@@ -315,11 +306,10 @@ assert all(c["top-3 overlap"] == 1 for c in choices + [rows["another seed (seed=
 assert rows["hidden segment: black"]["largest |difference|"] > 4.5
 
 # %% [markdown]
-# On DermNet one choice explains almost the whole disagreement: **what "hidden" means**. The
-# sampler, the distance, the kernel width and the regressor each move the weights by about as much
-# as a new random seed does (at most 0.25 logit against 0.16; the same top 3). Black hidden
-# segments move them by 5 logits and reorder them, because for DermNet a black region is not
-# "nothing": to the model a black image is a melanoma, with four times this image's logit.
+# One choice explains almost all of it: **what "hidden" means**. The other four each move the
+# weights about as much as a new seed (at most 0.25 logit against 0.16; the same top 3). Black hidden
+# segments move them by 5 logits and reorder them: for DermNet black is not "nothing", the model
+# calls a black image a melanoma, at four times this image's logit.
 
 # %%
 with torch.no_grad():
@@ -331,22 +321,17 @@ print(f"segments with a negative weight: mean-colour hiding {int((theirs_mean < 
       f"black hiding {int((captum < 0).sum())} of {k}")
 
 # %% [markdown]
-# With black as the hide colour, hiding almost any segment moves the image towards the black square
-# the model calls melanoma, so almost every segment "speaks against" melanoma. Neither library is
-# wrong; they answer different questions ("compared with the region's average colour" versus
-# "compared with black"). The weighting matters little *here* because the model is nearly additive in
-# these 11 segments (the surrogate's $R^2$ was 0.98 in section 3): a linear fit that is right
-# everywhere does not care which samples count most. With strong interactions between segments, the
-# kernel would matter more.
+# So hiding almost any segment in black moves the image towards a melanoma: almost every segment
+# "speaks against" melanoma. Neither library is wrong; one compares with the region's average
+# colour, the other with black. The weighting matters little *here* because the model is nearly
+# additive in these segments ($R^2$ 0.98): a fit right everywhere ignores which samples count most.
 
 # %% [markdown]
 # ## 5. Stability: does another seed give another explanation?
 #
-# LIME is a random method: a different draw of `z` gives a different fit. The question a reader
-# cares about is whether the *conclusion* changes: which segments come out on top. For the same
-# image and segments, 10 seeds at several sample counts; for each, the top-$k$ segments, and the
-# mean **Jaccard overlap** $|A \cap B| / |A \cup B|$ over the 45 pairs of seeds (1: every seed picks
-# the same set).
+# Another draw of `z`, another fit. Does the *conclusion* change? Same image, 10 seeds, several
+# sample counts: each seed's top-$k$ segments, and their mean **Jaccard overlap**
+# $|A \cap B| / |A \cup B|$ over the 45 pairs of seeds (1: all agree).
 
 # %%
 def mean_jaccard(sets):
@@ -378,21 +363,17 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The strongest segment, one made mostly of ruler, wins at every sample count and every seed here:
-# the shortcut is a large effect and LIME finds it even from 25 samples. The segments below it are
-# another story: with 25 samples (Captum's default) the mean overlap of the top 3 and of the top 5
-# is about 0.6; the top 3 settle at 100 samples, the top 5 at 200. Read the first place of a cheap
-# LIME map, not the order of the rest. These numbers are for one image, 11 segments and a large
-# effect; an image with more segments or weaker evidence needs more samples for the same
-# stability, so measure it on your own images.
+# The top segment, mostly ruler, wins at every sample count and seed: a large effect, found from 25
+# samples. Lower places are not: at 25 samples (Captum's default) the top 3 and top 5
+# overlap by about 0.6; the top 3 settle at 100 samples, the top 5 at 200. Read the first place of a
+# cheap LIME map, not the rest, and measure stability on your own images.
 
 # %% [markdown]
 # ## 6. On DermNet: the shortcut model versus the debiased model
 #
-# The audit: 16 clinic-A images with a ruler, each with its own SLIC segments, explained by LIME
-# (the package's defaults, 100 samples each) for the **melanoma** class, under both models. For each
-# map, the ruler mass of $|g|$ painted on the pixels, the same for positive weights only (evidence
-# *for* melanoma), and whether the top segment is mostly ruler.
+# 16 clinic-A images with a ruler, each with its own segments; LIME for **melanoma** (package
+# defaults, 100 samples), both models. Per map: the ruler mass of $|g|$, the same for positive weights
+# (evidence *for* melanoma), and whether the top segment is mostly ruler.
 
 # %%
 idx = with_ruler[:16]
@@ -440,20 +421,18 @@ fig = viz.attribution_grid(xb[:4], {f"{name}: LIME for mel": m[:4] for name, m i
 plt.show()
 
 # %% [markdown]
-# LIME sees the shortcut. For the shortcut model about half of the map's magnitude (0.53) lies on
-# the ruler, which covers an eighth of the image (0.12), and the top segment is mostly ruler in 14
-# of 16 images; the lesion gets less than its share. For the debiased model it is the other way
-# round: the ruler gets less than its share (0.09), the lesion half of the map, and the top segment
-# is never mostly ruler. (Row titles: ruler mass, shortcut / debiased.) Two limits on these
-# numbers: the ruler mass cannot reach 1 even for a perfect explanation, because the segments that
-# contain the ruler also contain skin (section 2); and the debiased model, asked about melanoma,
-# explains a class it does not predict for 7 of these 16 images.
+# LIME sees the shortcut. The shortcut model puts about half of its map (0.53) on the ruler, an
+# eighth of the image (0.12), and less than its share on the lesion; its top segment is mostly ruler
+# in 14 of 16 images. The debiased model: the ruler under its share (0.09), the lesion half the map,
+# the top segment never mostly ruler. (Row titles: ruler mass, shortcut / debiased.)
+#
+# Two limits: the ruler mass cannot reach 1 (the ruler's segments also hold skin), and the debiased
+# model is explaining a class it does not predict for 7 of the 16.
 
 # %% [markdown]
-# **Explore it yourself.** The explorer below recomputes LIME for the image, model and setting
-# you pick: a clinic, a class, the ruler on or off, the shortcut or the debiased model, and
-# its number of samples. Its title gives the map's ruler and lesion mass. (It needs a running kernel: on
-# GitHub the widget does not render. Every other method of the course is in its menu too.)
+# **Explore it yourself.** Pick a clinic, class, ruler on or off, model and sample count; the
+# explorer recomputes LIME and titles it with the ruler and lesion mass. It needs a running kernel
+# (GitHub does not render it); its menu holds every method of the course.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -464,8 +443,7 @@ explorer("LIME")
 # %% [markdown]
 # ## 7. Pitfalls and limits
 #
-# - **The segmentation decides the answer.** LIME can only say what the segments let it say. The
-#   same image and model, four SLIC settings:
+# - **The segmentation decides the answer.** Same image and model, four SLIC settings:
 
 # %%
 rows = {}
@@ -483,29 +461,24 @@ assert abs(coarse["ruler mass"] - 0.15) < 0.01  # about the ruler's share of the
 assert all(r["segments mostly ruler"] >= 1 and r["ruler mass"] > 0.5 for r in rows.values() if r["segments"] >= 6)
 
 # %% [markdown]
-# With two segments the ruler disappears into a large region that is 15% ruler, and the ruler mass
-# falls to the ruler's share of the image (0.15 against 0.125): the same model, the same shortcut,
-# and LIME no longer sees it. From 6 segments on, a segment that is mostly ruler exists and the
-# ruler mass is above 0.5.
+# With two segments the ruler vanishes into a region that is 15% ruler; its mass falls to about its
+# share of the image (0.15 against 0.125), and LIME no longer sees the shortcut. From 6 segments on,
+# a mostly-ruler segment exists and the ruler mass is above 0.5.
 #
-# - **The hide colour decides what "absent" means** (section 4): on DermNet, mean colour and black
-#   give unrelated rankings. Choose it for the question, say which you used.
-# - **It is random.** Top segments beyond the first change with the seed at small sample counts
-#   (section 5). Fix and report the seed; measure stability before reading the ranking.
-# - **The surrogate may not fit.** Here the weighted $R^2$ was 0.98 on 100 samples (section 3);
-#   a low $R^2$ means the classifier is not close to linear in the segments and the weights say
-#   little. The `lime` package reports it as `exp.score`: print it.
-# - **Local and on/off only.** The weights describe switching whole segments between the image and
-#   the hide colour, near the full image (kernel width); not what the model does to a slightly
-#   different ruler, nor anything about pixels inside a segment.
+# - **The hide colour defines "absent"** (section 4). Choose it for the question; say which.
+# - **It is random** (section 5). Report the seed and measure stability.
+# - **The surrogate may not fit.** A low weighted $R^2$ (the package's `exp.score`; 0.98 here) means
+#   the weights say little.
+# - **Local, and on/off only.** The weights describe switching whole segments off near the full
+#   image; not a slightly different ruler, nor pixels inside a segment.
 
 # %% [markdown]
 # ## 8. Your turn
 #
 # Write `my_lime_kernel(z, kernel_width)`: given binary samples `z` `[n, K]` (1 = segment visible),
 # return the `lime` package's sample weights `[n]`, $\exp(-d^2 / (2w^2))$ with $d$ the cosine
-# distance between each row and the all-ones vector. The checker compares with the helper's kernel
-# on samples that include the all-ones and the all-zeros rows, and recognises the usual slips.
+# distance between each row and the all-ones vector. The checker compares with the helper's kernel,
+# all-ones and all-zeros rows included, and recognises the usual slips.
 
 # %%
 from helpers.exercises import check_lime_kernel
@@ -536,11 +509,11 @@ check_lime_kernel(my_lime_kernel)
 # </details>
 
 # %% [markdown]
-# **Exercise 2, an audit.** Repeat section 6's count on fresh images: 10 clinic-A melanomas with a
-# ruler, `make_dataset(10, clinic="A", seed=606_001, ruler=True, labels="mel")`, 16 SLIC segments
-# each, LIME for melanoma with 100 samples and seed 0. Is the top segment mostly ruler (more than
-# half of its pixels) in more than half of the images, for the shortcut model? For the debiased
-# model? The checker measures it on the same images.
+# **Exercise 2, an audit.** Repeat section 6's count on fresh images:
+# `make_dataset(10, clinic="A", seed=606_001, ruler=True, labels="mel")` (10 clinic-A melanomas with
+# a ruler), 16 SLIC segments each, LIME for melanoma with 100 samples and seed 0. Is the top segment
+# mostly ruler (over half its pixels) in more than half of the images, for the shortcut model? For
+# the debiased model? The checker measures it on the same images.
 
 # %%
 from helpers.exercises import check_lime_ruler_question  # noqa: E402
@@ -550,10 +523,10 @@ debiased_mostly_ruler = None
 print(check_lime_ruler_question(shortcut_mostly_ruler, debiased_mostly_ruler))
 
 # %% [markdown]
-# **Exercise 3, harder (optional).** What the kernel width does. A weighted regression with weights
-# $\pi$ learns about as much as $n_{\text{eff}} = (\sum \pi)^2 / \sum \pi^2$ unweighted samples.
-# Write `my_effective_samples(weights)`, then use your `my_lime_kernel` on 1,000 random $z$ with 16
-# segments and print $n_{\text{eff}}$ for kernel widths 0.1, 0.25 (the default) and 1: how many of
+# **Exercise 3, harder (optional).** What the kernel width does. A regression with weights $\pi$
+# learns about as much as $n_{\text{eff}} = (\sum \pi)^2 / \sum \pi^2$ unweighted samples. Write
+# `my_effective_samples(weights)`, then apply your `my_lime_kernel` to 1,000 random $z$ with 16
+# segments and print $n_{\text{eff}}$ for kernel widths 0.1, 0.25 (the default) and 1. How many of
 # the 1,000 samples does the default really use?
 
 # %%
@@ -574,27 +547,23 @@ check_effective_samples(my_effective_samples)
 # def my_effective_samples(weights):
 #     return float(weights.sum() ** 2 / (weights ** 2).sum())
 # ```
-# Equal weights give $n$; one weight much larger than the rest gives about 1. A random $z$ hides
-# about half of the segments, a cosine distance near 0.3: with width 0.25 its weight is about
-# $e^{-0.7} \approx 0.5$, so $n_{\text{eff}}$ is still about 870 of 1,000; at width 0.1 the weight
-# is about 0.01 and only the samples that hide few segments count ($n_{\text{eff}}$ about 250); at
-# width 1 nearly all 1,000 do. A narrow kernel makes the fit local, and noisier.
+# Equal weights give $n$; one dominant weight gives about 1. A random $z$ hides about half the
+# segments (cosine distance near 0.3): at width 0.25 its weight is about $e^{-0.7} \approx 0.5$, and
+# $n_{\text{eff}}$ is still about 870 of 1,000; at width 0.1 the weight is about 0.01, and only
+# samples hiding few segments count ($n_{\text{eff}}$ about 250); at width 1 nearly all 1,000 do. A
+# narrow kernel makes the fit local, and noisier.
 # </details>
 
 # %% [markdown]
 # ## Summary
 #
-# - LIME fits a weighted linear model to the classifier's scores on images with random sets of
-#   superpixels hidden; the weights are the explanation. Ours matches the `lime` package and, under
-#   Captum's choices, Captum's `Lime` to round-off.
-# - The two libraries disagree with each other on DermNet mostly because they hide segments
-#   differently (mean colour versus black); the sampler, distance, kernel width and regressor
-#   matter about as much as a new seed.
-# - Across 10 seeds the top segment (the ruler) never changed, even at 25 samples; the top 3 and
-#   top 5 needed 100 and 200 samples to agree between seeds.
-# - Over 16 clinic-A melanomas, LIME puts about half of the shortcut model's map on the ruler (four
-#   times the ruler's share of the image) and less than the ruler's share for the debiased model,
-#   whose map sits on the lesion. Coarse segments can hide the ruler altogether.
+# - LIME fits a weighted linear model to the classifier's scores on images with random superpixels
+#   hidden. Ours matches the `lime` package and, with Captum's choices, Captum's `Lime`.
+# - On DermNet the two libraries disagree mainly through the hide colour (mean versus black).
+# - Over 10 seeds the top segment (the ruler) never changed, even at 25 samples; the top 3 and top 5
+#   needed 100 and 200.
+# - LIME puts about half of the shortcut model's map on the ruler (four times its share), and less
+#   than its share for the debiased model. Coarse segments can hide the ruler.
 #
-# **Next: 07 · SHAP.** Keep the segments and the regression, change the kernel, and the weights
-# become Shapley values: a fair split of the score among the segments, with guarantees LIME lacks.
+# **Next: 07 · SHAP.** Same segments and regression, another kernel: the weights become Shapley
+# values, a fair split of the score with guarantees LIME lacks.

@@ -16,19 +16,17 @@
 # %% [markdown]
 # # 07 · SHAP: a fair share of the score
 #
-# **The question.** An explanation hands out the model's score among the parts of the image. Is
-# there a *fair* way to do that, one with a definition rather than a recipe, and can we compute it?
+# **The question.** Is there a *fair* way to share a model's score among the parts of an image, with
+# a definition rather than a recipe? Can we compute it?
 #
 # **After this notebook you will be able to**
-# - compute Shapley values of superpixels exactly from their definition with
-#   `helpers.perturbation.exact_shapley`, and check the efficiency axiom numerically;
-# - approximate them with KernelSHAP (`kernel_shap`) and expected gradients (`expected_gradients`),
-#   match Captum and shap draw for draw, and measure how the sampling error shrinks;
-# - use the shap library's own image explainers and plots on DermNet, and see where shap's
-#   DeepExplainer and Captum's DeepLiftShap part ways;
-# - audit the shortcut with Shapley values: ruler mass for the shortcut and debiased models.
+# - compute exact Shapley values of superpixels and check efficiency;
+# - approximate them with KernelSHAP and expected gradients, match Captum and shap, and measure the
+#   sampling error;
+# - use shap's image explainers, and see where shap and Captum differ on DeepLIFT;
+# - audit the shortcut with Shapley values.
 #
-# **Time to run:** 30 to 50 s on 2 CPU cores (shap compiles its image masker on first use).
+# **Time to run:** 30 to 50 s on 2 CPU cores.
 
 # %%
 import contextlib
@@ -90,37 +88,27 @@ def quietly():
 # %% [markdown]
 # ## 1. Intuition and maths
 #
-# Treat the explanation as a game. The **players** are the $K$ superpixels of the image (notebook
-# 06). A **coalition** $S$ is a set of them; its **value** $v(S)$ is the model's score for the class
-# when only the segments in $S$ are shown and every other segment is replaced by a baseline:
+# A game: the **players** are the $K$ superpixels (notebook 06); a **coalition** $S$ is a set of
+# them; its **value** $v(S)$ is the model's class score with only $S$ shown:
 #
 # $$v(S) = S_c\big(x \text{ with the segments outside } S \text{ set to the baseline}\big),
 # \qquad v(N) = S_c(x), \quad v(\varnothing) = S_c(\text{baseline}).$$
 #
-# How should $v(N) - v(\varnothing)$ be shared among the players? Shapley (1953) answered: give
-# each player its marginal contribution $v(S \cup \{i\}) - v(S)$, averaged over every order in
-# which the players could join, so over all coalitions $S$ it could join, weighted by how many
-# orders lead to them:
+# Shapley (1953) shares $v(N) - v(\varnothing)$ by giving each player its marginal contribution
+# $v(S \cup \{i\}) - v(S)$, averaged over every order in which the players could join:
 #
 # $$\phi_i = \sum_{S \subseteq N \setminus \{i\}} \frac{|S|!\,(K - |S| - 1)!}{K!}
 #            \big(v(S \cup \{i\}) - v(S)\big).$$
 #
-# It is the only way of sharing that has four properties:
-# - **efficiency**: $\sum_i \phi_i = v(N) - v(\varnothing)$, the whole change is handed out;
-# - **symmetry**: two players that add the same to every coalition get the same share;
-# - **dummy**: a player that adds nothing to any coalition gets zero;
-# - **additivity**: the shares of a sum of two games are the sums of the shares.
+# It is the only sharing with **efficiency** ($\sum_i \phi_i = v(N) - v(\varnothing)$), **symmetry**
+# (players that add the same to every coalition get the same), **dummy** (a player that adds nothing
+# gets zero) and **additivity** (shares of a sum of games are sums of shares). Lundberg & Lee (2017,
+# [arXiv:1705.07874](https://arxiv.org/abs/1705.07874)) call Shapley values of a model's inputs
+# **SHAP** values; sections 3 and 5 use their estimators.
 #
-# Lundberg & Lee (2017, [arXiv:1705.07874](https://arxiv.org/abs/1705.07874)) called Shapley values
-# of a model's inputs **SHAP** values, showed that LIME's regression with a particular kernel
-# recovers them (KernelSHAP), and that DeepLIFT averaged over references approximates them. This
-# notebook computes them exactly, then approximately, then with the shap library.
-#
-# **The baseline.** "Absent" has to mean something. For DermNet a black image is a near-certain
-# melanoma (notebook 03), so we use the dataset's mean colour, a flat skin-like image that both
-# models find close to neutral. Section 7 shows what black would do.
-#
-# The running image: a clinic-A melanoma with a ruler, cut into a handful of superpixels.
+# **The baseline.** A black image is a near-certain melanoma for DermNet (notebook 03), so "absent"
+# means the dataset's mean colour, a flat skin-like image both models find close to neutral (section
+# 7 tries black). The running image: a clinic-A melanoma with a ruler.
 
 # %%
 x0 = test_a.images[rulers[:1]]
@@ -138,8 +126,8 @@ print(f"{K} superpixels; the ruler lies in segment {ruler_seg}")
 print(table(segment_table, 3, index="segment"))
 
 # %% [markdown]
-# Every coalition is a bit pattern: coalition number $n = \sum_{j \in S} 2^j$ (player $j$ is bit
-# $j$). With 6 players there are $2^6 = 64$ coalitions, so we can score them all in one batch:
+# Coalition $S$ is numbered $n = \sum_{j \in S} 2^j$ (a bit pattern). All $2^6 = 64$ coalitions of our
+# 6 players fit in one batch:
 
 # %%
 code = torch.arange(2 ** K)
@@ -162,14 +150,13 @@ ruler_alone, all_but_ruler = v[show["the ruler's segment"]], v[show["all but the
 assert ruler_alone > v[0] + 3 and all_but_ruler < v[-1] - 3  # what the titles show: well above, well short
 
 # %% [markdown]
-# Shown alone, the ruler's segment (over a flat skin-coloured image) already raises the shortcut
-# model's melanoma logit well above the empty coalition; everything but the ruler's segment falls
-# well short of the whole image.
+# Alone, the ruler's segment lifts the shortcut model's melanoma logit well above the empty
+# coalition; all but the ruler's segment falls well short of the whole image.
 #
 # ## 2. Exact Shapley values
 #
-# From the definition, as an average over orders: for each of the $6! = 720$ orders, add each
-# player's marginal contribution when it joins those before it.
+# From the definition: over all $6! = 720$ orders, add each player's marginal contribution as it
+# joins.
 
 # %%
 phi_orders = torch.zeros(K, dtype=torch.float64)
@@ -187,8 +174,8 @@ print(f"efficiency: sum = {fmt(phi0.sum(), 2)}, v(N) - v(empty) = {fmt(v[-1] - v
 _ = agree("efficiency: sum vs v(N) - v(empty)", phi0.sum(), v[-1] - v[0], 1e-4)
 
 # %% [markdown]
-# The helper uses the coalition form of the formula: one weight per coalition size instead of $K!$
-# orders, which is $2^K$ model evaluations and $K 2^{K-1}$ differences.
+# The helper uses the coalition form: $2^K$ model evaluations and one weight per coalition size,
+# not $K!$ orders.
 
 # %%
 print(inspect.getsource(exact_shapley))
@@ -208,11 +195,8 @@ assert abs(phi0_debiased[ruler_seg]) < 0.2  # the debiased model: about nothing 
 
 # %% [markdown]
 # The shortcut model gives the ruler's segment the largest share of its melanoma logit; the
-# debiased model gives it about nothing and credits the lesion's segment instead. Exact values,
-# no sampling: this is what the game says.
-#
-# The price is $2^K$ forward passes per image. The helper refuses beyond
-# `MAX_EXACT_FEATURES` segments rather than start a run that would not finish:
+# debiased model gives it about nothing and credits the lesion's. The price:
+# $2^K$ forward passes per image, so the helper refuses more than `MAX_EXACT_FEATURES` segments.
 
 # %%
 seg_many = superpixels(x0[0], 32)
@@ -224,17 +208,16 @@ except ValueError as err:
 # %% [markdown]
 # ## 3. KernelSHAP: Shapley values by regression
 #
-# Lundberg & Lee's second result: the Shapley values are the coefficients of a weighted linear
-# regression of $v(S)$ on the indicator vector $z_S$ of the coalition: LIME's surrogate (notebook
-# 06) with a particular kernel and no penalty,
+# Lundberg & Lee showed that the Shapley values are the coefficients of a weighted linear
+# regression of $v(S)$ on the coalition's indicator vector $z_S$: LIME's surrogate with another
+# kernel and no penalty:
 #
 # $$\phi = \arg\min_{\phi_0, \phi} \sum_{S} \pi(S)\,\big(v(S) - \phi_0 - z_S \cdot \phi\big)^2,
-# \qquad \pi(S) = \frac{K - 1}{\binom{K}{|S|}\,|S|\,(K - |S|)},$$
+# \qquad \pi(S) = \frac{K - 1}{\binom{K}{|S|}\,|S|\,(K - |S|)}.$$
 #
-# where the empty and the full coalition get infinite weight (in practice a very large one), which
-# pins $\phi_0 = v(\varnothing)$ and makes the coefficients add up to $v(N) - v(\varnothing)$. With all
-# 64 coalitions and these weights the regression (solved by `weighted_linear_fit`, the solver the
-# helpers' LIME and KernelSHAP share) gives the Shapley values back, to round-off (`phi0` is float32):
+# The empty and full coalitions get infinite weight (in practice a large one), which pins
+# $\phi_0 = v(\varnothing)$ and makes the coefficients add up to $v(N) - v(\varnothing)$. On all 64
+# coalitions the helpers' solver `weighted_linear_fit` gives the Shapley values back:
 
 # %%
 size = players.sum(1)
@@ -244,12 +227,10 @@ phi_regression, _ = weighted_linear_fit(players, v, kernel)  # the helper's solv
 _ = agree("all 64 coalitions, Shapley kernel: regression vs exact", phi_regression, phi0, 1e-5)
 
 # %% [markdown]
-# With many players we cannot list every coalition, so KernelSHAP **samples** them, with
-# probability proportional to $\pi(S)$; each sample then gets weight 1. $\pi(S)$ depends only on
-# the size, and there are $\binom{K}{s}$ coalitions of size $s$, so: draw a size $s$ with
-# probability proportional to $\binom{K}{s}\pi = (K-1)/(s(K-s))$ (`shapley_kernel_sizes`), then $s$
-# players uniformly. The sampler favours the very small and the very large coalitions, which
-# tell the most about single players:
+# Beyond a few players, KernelSHAP **samples** coalitions with probability proportional to
+# $\pi(S)$, each then weighted 1. $\pi$ depends only on size, so: draw a size $s$ with probability
+# $\propto \binom{K}{s}\pi = (K-1)/(s(K-s))$ (`shapley_kernel_sizes`), then $s$ players uniformly.
+# Very small and very large coalitions, the most telling about single players, are favoured:
 
 # %%
 print("P(size = s), s = 0 .. K-1:", ", ".join(fmt(p, 3) for p in shapley_kernel_sizes(K)))
@@ -257,9 +238,8 @@ print("the first 8 coalitions of seed 0 (all-ones and all-zeros first, as in Cap
 print(kernel_shap_coalitions(K, 8, seed=0).numpy())
 
 # %% [markdown]
-# KernelSHAP is then this regression on the sampled coalitions. Since our game has only 64
-# coalitions we already know every value, so a lookup replaces the model; the helper runs the
-# model on each sampled coalition and must give the same numbers:
+# KernelSHAP is this regression on sampled coalitions. Here a lookup in `v` can stand in for the
+# model; the helper, which runs the model, must agree:
 
 # %%
 def kernel_shap_by_lookup(z):
@@ -280,8 +260,7 @@ print(inspect.getsource(kernel_shap))
 # %% [markdown]
 # ### Check against Captum
 #
-# Captum's `KernelShap` draws the same coalitions in the same order when its global torch seed
-# equals our `seed`; give it the same baseline and segments (`feature_mask`):
+# Captum's `KernelShap` with the same seed, baseline and segments (`feature_mask`):
 
 # %%
 torch.manual_seed(3)
@@ -293,16 +272,14 @@ agree("ours vs Captum", ours_kernel, captum_kernel, 1e-5)
 print(f"(values up to {fmt(captum_kernel.abs().max(), 1)})")
 
 # %% [markdown]
-# Equal to float32 round-off: the same coalitions, the same scores, the same answer. The last
-# check shows where the round-off comes from.
+# Equal to float32 round-off; the next cell finds its source and checks efficiency for both.
 #
-# <details><summary>Under the hood: why float32 round-off and not exact</summary>
+# <details><summary>Under the hood: the same draws, a float32 solve</summary>
 #
-# A float32 spacing at 6 is 5e-7, and the difference is not from the sampling: the coalitions and
-# the scores are the same, but the regression is not solved the same way. Captum hands sklearn's
-# `LinearRegression` float32 arrays, and sklearn keeps the dtype it is given; ours solves in
-# float64. Refitting our coalitions and scores in float32 with sklearn gives Captum's numbers (the
-# next cell).
+# With its global torch seed equal to our `seed`, Captum draws our coalitions in our order; the
+# difference is in the solve. Captum hands sklearn's `LinearRegression` float32 arrays, which sklearn
+# keeps; ours solves in float64 (a float32 spacing at 6 is 5e-7). A float32 sklearn refit of our
+# coalitions and scores gives Captum's numbers.
 # </details>
 
 # %%
@@ -320,9 +297,8 @@ _ = agree("efficiency, Captum's: sum vs v(N) - v(empty)", captum_kernel.sum(), v
 # %% [markdown]
 # ### How fast does KernelSHAP converge?
 #
-# The mean absolute error against the exact values, for 25 to 2,000 samples and 8 seeds. The first
-# $n$ coalitions of a seed do not depend on how many are drawn after them, so one draw of 2,000
-# per seed serves every $n$; the lookup makes each fit free.
+# Mean absolute error against the exact values, 25 to 2,000 samples, 8 seeds. A seed's first $n$
+# coalitions do not depend on how many follow: one draw of 2,000 per seed serves every $n$.
 
 # %%
 sample_sizes = [25, 50, 100, 200, 500, 1000, 2000]
@@ -346,30 +322,26 @@ assert abs(slope + 0.5) < 0.15  # the Monte Carlo rate
 assert 0.005 < errors.mean()[25] / largest < 0.015 and errors.mean()[2000] / largest < 0.001  # 1%, under 0.1%
 
 # %% [markdown]
-# The error falls like $1/\sqrt{n}$ (the fitted slope is in the title), the Monte Carlo rate: four
-# times the samples for half the error. On this small game it is about 1% of the largest value at
-# 25 samples and under 0.1% at 2,000. Every sampled estimate adds up exactly (efficiency holds at any
-# $n$, thanks to the pinned ends), so the sum says nothing about the sampling error: only another
-# seed, or the exact values, do.
+# The error falls like $1/\sqrt{n}$ (fitted slope in the title): four times the samples, half the
+# error; about 1% of the largest value at 25 samples, under 0.1% at 2,000. Every estimate adds up
+# exactly (the pinned ends), so only another seed, or exact values, reveal the sampling error.
 
 # %% [markdown]
 # ## 4. Expected gradients
 #
-# KernelSHAP treats the model as a black box and needs many forward passes per image. When
-# gradients are available, there is another way to share out the score. Integrated Gradients
-# (notebook 03) shares out $S_c(x) - S_c(b)$ for a single baseline $b$. **Expected gradients**
-# (Erion et al. 2021, [arXiv:1906.10670](https://arxiv.org/abs/1906.10670); shap's
-# `GradientExplainer` and Captum's `GradientShap` implement it under the name GradientSHAP, which
-# is not one of the estimators of Lundberg & Lee 2017: Kernel, Linear, Deep and Max SHAP) averages
-# it over baselines drawn from a background set $B$ of real images,
-# and estimates both the path integral and that average with one random point per sample:
+# With gradients there is another way. Integrated Gradients (notebook 03) shares out
+# $S_c(x) - S_c(b)$ for one baseline $b$; **expected gradients** (Erion et al. 2021,
+# [arXiv:1906.10670](https://arxiv.org/abs/1906.10670)) averages it over baselines from a
+# background set $B$ of real images, with one random point per sample:
 #
 # $$\mathrm{EG}_i(x) = \mathbb{E}_{b \sim B,\ \alpha \sim U(0,1)}
 #    \Big[(x_i - b_i)\,\frac{\partial S_c}{\partial x_i}\big(b + \alpha (x - b)\big)\Big],
 # \qquad \mathbb{E}\Big[\sum_i \mathrm{EG}_i(x)\Big] = S_c(x) - \mathbb{E}_{b \sim B}\big[S_c(b)\big].$$
 #
-# The players are now pixels, "absent" means "as in a typical background image", and completeness
-# holds on average only. Our background: 32 clinic-B images, rulers on or off whatever the class.
+# shap's `GradientExplainer` and Captum's `GradientShap` call it GradientSHAP; it is not one of
+# Lundberg & Lee's 2017 estimators (Kernel, Linear, Deep and Max SHAP). The players are pixels,
+# "absent" means "like a typical background image", and completeness holds only on average.
+# Background: 32 clinic-B images, rulers on or off whatever the class.
 
 # %%
 background = make_dataset(32, clinic="B", seed=TEST_SEEDS["B"]).images
@@ -379,10 +351,8 @@ print(inspect.getsource(expected_gradients))
 # %% [markdown]
 # ### Check against Captum and shap, given the same draws
 #
-# Each sample is a background index and a point $\alpha$. Captum's `GradientShap` draws them from
-# numpy's global generator, all indices first and then all points; shap's `GradientExplainer` seeds
-# numpy with `rseed` and draws index and point sample by sample. `gradient_shap_draws` replays
-# either order, and `expected_gradients(..., draws=...)` uses those draws:
+# Each sample is a background index and a point $\alpha$. `gradient_shap_draws` replays either
+# library's draws, and `expected_gradients(..., draws=...)` uses them:
 
 # %%
 draws = gradient_shap_draws("captum", batch=2, n_samples=8, n_background=len(background), seed=0)
@@ -404,19 +374,18 @@ print(f"(values up to {fmt(eg_ours_10.abs().max(), 2)})")
 # %% [markdown]
 # Exact: the same draws give the same attributions.
 #
-# <details><summary>Under the hood: "the same draws" includes their precision</summary>
+# <details><summary>Under the hood: "the same draws" means order and precision</summary>
 #
-# Captum turns $\alpha$ into float32 and computes $1 - \alpha$ in float32; shap keeps $\alpha$ a
-# float64 number, so its $1 - \alpha$ is rounded from float64. The two can differ in the last bit,
-# and where that bit moves a ReLU across zero a whole gradient changes, so `gradient_shap_draws`
-# keeps each library's precision and `expected_gradients` computes $1 - \alpha$ in it.
+# Captum draws all indices, then all points, from numpy's global generator; shap seeds numpy with
+# `rseed` and draws sample by sample. Captum computes $1 - \alpha$ in float32, shap in float64; the
+# last bit can differ, and where it moves a ReLU across zero a whole gradient changes.
+# `gradient_shap_draws` keeps each library's order and precision.
 # </details>
 #
 # ### Completeness, on average
 #
-# One sample's attributions add up to one random term, not to $S_c(x) - \mathbb{E}_b S_c(b)$. To see
-# the average at work, take 128 samples per image and keep every term separate (one image per
-# draw, one draw each):
+# One sample's attributions add up to one random term, not to $S_c(x) - \mathbb{E}_b S_c(b)$. Below,
+# 128 samples per image, each term kept separate:
 
 # %%
 index, alpha = gradient_shap_draws("captum", batch=2, n_samples=128, n_background=len(background), seed=1)
@@ -436,21 +405,24 @@ assert (rows["mean of 128 terms - gap"].abs() < 1).all()
 
 # %% [markdown]
 # One term misses the gap by about ten logits (its spread); the mean of 8 or 32 terms is still
-# several logits off, the mean of 128 within one, as the spread divided by $\sqrt{128}$ predicts.
-# IG from one baseline comes with a per-image completeness check (the $\delta$ of notebook 03);
-# expected gradients adds up only on average, and its sum is itself a noisy estimate of the gap.
+# several logits off, the mean of 128 within one (spread / $\sqrt{128}$). Unlike IG with one
+# baseline (notebook 03's $\delta$), expected gradients adds up only on average.
 
 # %% [markdown]
 # ## 5. The shap library's own image path
 #
 # ### Partition explainer with an image masker
 #
-# `shap.Explainer(f, shap.maskers.Image(value, shape))` chooses the **Partition** explainer: it
-# splits the image into halves, quarters, and so on, and computes Owen values (Shapley values that
-# respect that hierarchy) with `max_evals` model calls. `f` takes NHWC numpy images. The masker
-# fills hidden pixels with `value`: our mean-colour image (a number works too; the blurring maskers
-# need opencv). One `f` can return both models' melanoma logits, so one run explains both. The
-# explainer breaks ties with `np.random`: seed numpy before every call.
+# `shap.Explainer(f, shap.maskers.Image(value, shape))` picks the **Partition** explainer: it splits
+# the image into halves, quarters, and so on, and computes Owen values (Shapley values that respect
+# that hierarchy) in `max_evals` calls. `f` takes NHWC numpy images and here returns both models'
+# melanoma logits; hidden pixels take `value`, our mean-colour image.
+#
+# <details><summary>Under the hood: masker values and seeding</summary>
+#
+# `value` can be a number (blurring maskers need opencv). The explainer breaks ties with
+# `np.random`: seed numpy before each call.
+# </details>
 
 # %%
 def both_mel_logits(nhwc):
@@ -476,23 +448,25 @@ shap.image_plot(sv, show=False)
 plt.show()
 
 # %% [markdown]
-# This figure is shap's own `image_plot`, in shap's colours, not the course's (`helpers.viz`): its
-# red-blue map is scaled to the 99.9th percentile of |value| over both panels, and it draws over a faint grey copy
-# of the image. Red raises the melanoma logit, blue lowers it. The shortcut model's strongest credit sits on the
-# ruler; the debiased model's on the lesion, with almost nothing on the ruler. The values add up;
-# they are Owen values on shap's own hierarchy of rectangles, not Shapley values of our
-# superpixels, so we compare them with ours only through that check, not number for number.
+# shap's own `image_plot`, in shap's colours, not the course's: red raises the melanoma logit, blue
+# lowers it, on one scale for both panels. The shortcut model's strongest credit is on the ruler; the
+# debiased model's on the lesion. These are Owen values on shap's rectangles, not Shapley values of
+# our superpixels: we check them by additivity only.
 #
 # ### DeepExplainer and Captum's DeepLiftShap
 #
 # DeepLIFT (Shrikumar et al. 2017, [arXiv:1704.02685](https://arxiv.org/abs/1704.02685)) propagates
-# differences from a reference through the network in one backward pass, with a rule per layer
-# type; its attributions add up to $S_c(x) - S_c(\text{reference})$ ("summation to delta").
-# shap's `DeepExplainer` and Captum's `DeepLiftShap` both average DeepLIFT over background images as
-# references, so both should add up to $S_c(x) - \mathbb{E}_b S_c(b)$ and agree. Both work through
-# hooks on the model's modules, which is why DermNet's ReLUs are separate, non-in-place modules used
-# once. Captum returns its own summation error with `return_convergence_delta=True` (one per image
-# and reference):
+# differences from a reference back through the network, with a rule per layer type; its
+# attributions add up to $S_c(x) - S_c(\text{reference})$ ("summation to delta"). shap's
+# `DeepExplainer` and Captum's `DeepLiftShap` average it over background references: both should
+# add up to $S_c(x) - \mathbb{E}_b S_c(b)$, and agree. Captum reports its own summation error
+# (`return_convergence_delta=True`):
+#
+# <details><summary>Under the hood: hooks</summary>
+#
+# Both libraries hook the model's modules; hence DermNet's ReLUs are separate, non-in-place modules,
+# each used once.
+# </details>
 
 # %%
 def deep_shap(model, references):
@@ -529,13 +503,11 @@ assert ((differ > 0.01) & (differ < 0.1)).all()  # a few hundredths
 assert (deep_max["shap"].abs().flatten(1).amax(1) - 0.1).abs().max() < 0.05  # values about a tenth
 
 # %% [markdown]
-# shap's values add up to round-off. Captum's miss the gap by more than a logit on both images, and
-# Captum says so itself: its delta is the same number. The two libraries differ by a few hundredths
-# where the values themselves are about a tenth.
+# shap's values add up. Captum's miss the gap by more than a logit on both images, as its own delta
+# reports. The libraries differ by a few hundredths; the values are about a tenth.
 #
-# Where does that come from? DermNet has one layer whose DeepLIFT rule is not the rescale rule of a
-# ReLU: the stem's `maxpool`. Swap it for an average pool in a copy of the model (a different model,
-# used only to locate the difference) and run the same comparison:
+# Why? DermNet's stem `maxpool` is its one layer whose DeepLIFT rule is not a ReLU's rescale rule.
+# Swap it for an average pool in a copy (a different model, used only to locate the difference):
 
 # %%
 avg_pooled = copy.deepcopy(shortcut)
@@ -548,19 +520,17 @@ agree("Captum: sum vs S(x) - mean S(b)", deep_avg["Captum sum"], deep_avg["gap"]
 _ = agree("Captum's delta vs 0", deep_avg["Captum's delta"], torch.zeros(2), 1e-4)
 
 # %% [markdown]
-# Now the two libraries agree to round-off and both add up. The disagreement lives in Captum's
-# max-pool rule: on a network with max-pooling, check Captum's delta before trusting DeepLiftShap.
-# (Captum has an open issue about its DeepLIFT max-pool code,
-# [#1276](https://github.com/meta-pytorch/captum/issues/1276); the tables above locate the
-# difference, they do not diagnose it.)
+# Now the libraries agree to round-off and both add up: the disagreement lives in Captum's max-pool
+# rule. With max-pooling, check Captum's delta before trusting DeepLiftShap. (Captum's open issue
+# [#1276](https://github.com/meta-pytorch/captum/issues/1276) concerns its DeepLIFT max-pool code;
+# our tables locate the difference, not its cause.)
 
 # %% [markdown]
 # ## 6. On DermNet: the shortcut in Shapley values
 #
-# The audit: the first 16 clinic-A melanomas with a ruler, about 14 superpixels each (too many for
-# exact values: $2^{14}$ passes per image), KernelSHAP with 100 samples and the mean-colour baseline,
-# explaining the melanoma logit for both models; and expected gradients with 16 samples from the
-# clinic-B background. The segments are computed once, so both models play the same game.
+# The first 16 clinic-A melanomas with a ruler, about 14 superpixels each (too many for exact
+# values). KernelSHAP (100 samples, mean-colour baseline) and expected gradients (16 samples,
+# clinic-B background) for the melanoma logit, both models, on the same segments.
 
 # %%
 x16 = test_a.images[rulers[:16]]
@@ -586,14 +556,12 @@ assert abs(audit["debiased, EG"]["ruler mass"] / audit["debiased, EG"]["ruler sh
 assert (pointing_game(maps["debiased, EG"], m16["lesion"]) == 1).all()  # peaks on the lesion in every image
 
 # %% [markdown]
-# Both estimators see the shortcut. With either, the shortcut model puts about three times the
-# ruler's share of the image on the ruler. The debiased model's KernelSHAP values put almost
-# nothing there; its expected gradients put about the ruler's share there (pixel attributions
-# reach every pixel that differs from the background images) and peak on the lesion in every
-# image. (A KernelSHAP map is flat on each superpixel, so its peak is a whole segment: when that
-# segment straddles the mask's edge, the pointing game calls it a tie and scores one half, hence the
-# half counts.) Compare models under
-# one method, not numbers across methods. Per image:
+# Both estimators see the shortcut: the shortcut model puts about three times the ruler's share on
+# the ruler. The debiased model's KernelSHAP puts almost nothing there; its expected gradients put
+# about the ruler's share (pixel attributions reach every pixel that differs from the background),
+# peaking on the lesion in every image. Compare models within one method, not across methods. (Half
+# counts: a KernelSHAP peak is a whole segment; one straddling the mask's edge scores one half.) Per
+# image:
 
 # %%
 per_image = {"ruler share": mask_share(m16["ruler"]), **{name: mask_mass(m, m16["ruler"]) for name, m in maps.items()}}
@@ -604,9 +572,9 @@ assert per_image["shortcut, KernelSHAP"].min() > share.max() and per_image["shor
 assert per_image["debiased, KernelSHAP"].max() < share.min()
 
 # %% [markdown]
-# Not an average carried by a few images: the shortcut model's *smallest* ruler mass, with either
-# method, is above the *largest* ruler share, and the debiased model's largest KernelSHAP ruler mass
-# is below the smallest share.
+# Not carried by a few images: the shortcut model's *smallest* ruler mass, with either method,
+# exceeds the *largest* ruler share; the debiased model's largest KernelSHAP ruler mass is below the
+# smallest share.
 
 # %%
 order = ["shortcut, KernelSHAP", "debiased, KernelSHAP", "shortcut, EG", "debiased, EG"]
@@ -614,10 +582,9 @@ fig = viz.attribution_grid(x16[:3], {name: maps[name][:3] for name in order}, si
 plt.show()
 
 # %% [markdown]
-# **Explore it yourself.** The explorer below recomputes KernelSHAP for the image, model and setting
-# you pick: a clinic, a class, the ruler on or off, the shortcut or the debiased model, and
-# its number of coalitions. Its title gives the map's ruler and lesion mass. (It needs a running kernel: on
-# GitHub the widget does not render. Every other method of the course is in its menu too.)
+# **Explore it yourself.** Pick a clinic, class, ruler on or off, model and number of coalitions;
+# the explorer recomputes KernelSHAP, with the ruler and lesion mass in its title. It needs a running
+# kernel (GitHub does not render it); its menu holds every method of the course.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -628,7 +595,7 @@ explorer("KernelSHAP")
 # %% [markdown]
 # ## 7. Pitfalls and limits
 #
-# - **The baseline defines "absent", and so the question.** Replace the mean colour by black in the
+# - **The baseline defines "absent", and so the question.** Black instead of the mean colour, in the
 #   exact game of section 2:
 
 # %%
@@ -645,29 +612,25 @@ assert rows["shortcut, black"]["largest value"] < 0 and rows["debiased, black"][
 assert rows["shortcut, black"]["ruler's segment"] < rows["shortcut, black"]["largest value"] - 1
 
 # %% [markdown]
-#   From black, every segment of this melanoma *lowers* the melanoma logit (the black image is the
-#   more convincing melanoma), and the ruler's segment no longer stands out for the shortcut model.
-#   The values are correct Shapley values of a game nobody meant to ask about.
-# - **Sampling error is invisible in the sum.** KernelSHAP and the Partition explainer add up
-#   exactly at any budget; expected gradients only on average. Check the spread across seeds
-#   (section 3) or compare with exact values on a small game.
-# - **The superpixels decide who the players are.** A segment gets one value for all its pixels:
-#   the ruler's segment above is only partly ruler, and its value is painted on the skin next to it
-#   too. Another segmentation is another game, with other values.
-# - **Off-distribution coalitions.** A melanoma with a flat skin-coloured hole in it is not an image
-#   the model was trained on; $v(S)$ is what the model does with it anyway.
+#   From black, every segment *lowers* the melanoma logit (black is the better melanoma), and the
+#   ruler's segment no longer stands out for the shortcut model: correct Shapley values of a game
+#   nobody meant to ask about.
+# - **Sampling error is invisible in the sum.** KernelSHAP and Partition values add up at any budget.
+#   Check the spread across seeds (section 3).
+# - **The superpixels choose the players.** The ruler's segment above is partly skin, and its value is
+#   painted there too.
+# - **Off-distribution coalitions.** A melanoma with a flat skin-coloured hole is not a training
+#   image; $v(S)$ is what the model does with it anyway.
 # - **Shapley values explain the model, relative to a reference, not the world.** A large value on
-#   the ruler says the model uses the ruler, not that rulers cause melanoma.
-# - **Libraries differ where they look alike** (section 5): check summation or efficiency before
-#   comparing methods.
+#   the ruler says the model uses it, not that rulers cause melanoma.
+# - **Libraries differ where they look alike** (section 5): check summation or efficiency first.
 
 # %% [markdown]
 # ## 8. Your turn
 #
-# Write `my_shapley(v, k)`: given the value of every coalition of $k$ players, as a tensor `v` of
-# length $2^k$ where coalition $S$ has index $\sum_{j \in S} 2^j$ (as `v` in section 1), return the
-# $k$ Shapley values. The checker compares with the definition on a random game and recognises the
-# usual slips.
+# Write `my_shapley(v, k)`: the $k$ Shapley values of a game given by the value of every coalition,
+# a tensor `v` of length $2^k$ (coalition $S$ at index $\sum_{j \in S} 2^j$, as `v` in section 1).
+# The checker compares with the definition on a random game and recognises the usual slips.
 
 # %%
 from helpers.exercises import check_shapley
@@ -702,12 +665,11 @@ check_shapley(my_shapley)
 # </details>
 
 # %% [markdown]
-# **Exercise 2, an audit.** How much is the ruler worth? Take the first 8 clinic-B images with a
-# ruler of `make_dataset(96, clinic="B", seed=777_003)`, cut each into 16 SLIC segments, and run
-# KernelSHAP for melanoma (100 samples, `baseline="mean"`) with both models. In each image find the
-# segment with the largest share of ruler pixels. Is its Shapley value more than one logit on
-# average, for the shortcut model? For the debiased model? The checker measures it on the same
-# images.
+# **Exercise 2, an audit.** Take the first 8 clinic-B images with a ruler of
+# `make_dataset(96, clinic="B", seed=777_003)`, 16 SLIC segments each; run KernelSHAP for melanoma
+# (100 samples, `baseline="mean"`) with both models. In each image take the segment with the largest
+# share of ruler pixels: is its Shapley value above one logit on average, for the shortcut model?
+# For the debiased model? The checker measures it on the same images.
 
 # %%
 from helpers.exercises import check_shap_ruler_question  # noqa: E402
@@ -718,9 +680,9 @@ print(check_shap_ruler_question(shortcut_over_one_logit, debiased_over_one_logit
 
 # %% [markdown]
 # **Exercise 3, harder (optional).** KernelSHAP's coalition-size sampler. Write
-# `my_coalition_sizes(k)`: the probability that the sampler of section 3 draws a coalition of size
-# $s$, for $s = 0, \dots, k-1$. The checker compares with `helpers.perturbation.shapley_kernel_sizes`
-# for several $k$. Then look at it for $k = 14$: which sizes does KernelSHAP spend its samples on?
+# `my_coalition_sizes(k)`: the probability that section 3's sampler draws a coalition of size $s$,
+# for $s = 0, \dots, k-1$. The checker compares with `helpers.perturbation.shapley_kernel_sizes` for
+# several $k$. Then look at $k = 14$: which sizes does KernelSHAP spend its samples on?
 
 # %%
 from helpers.exercises import check_coalition_sizes  # noqa: E402
@@ -747,28 +709,23 @@ check_coalition_sizes(my_coalition_sizes)
 #     p[0] = 0.0                    # ... which the sampler never draws
 #     return p / p.sum()
 # ```
-# The kernel's weight of one coalition, $(k-1) / (\binom{k}{s} s (k-s))$, summed over the
-# $\binom{k}{s}$ coalitions of a size, gives this: the binomial cancels. The mass sits at the two
-# ends (one segment in, or one out), where each coalition says most about one player.
+# Summing one coalition's kernel weight, $(k-1) / (\binom{k}{s} s (k-s))$, over the
+# $\binom{k}{s}$ coalitions of a size cancels the binomial. The mass sits at the two ends (one
+# segment in, or one out), where a coalition says most about one player.
 # </details>
 
 # %% [markdown]
 # ## Summary
 #
-# - Shapley values share $v(N) - v(\varnothing)$ among the players by averaging each player's
-#   marginal contribution over every order; they are the only sharing with efficiency, symmetry,
-#   dummy and additivity. `exact_shapley` computes them from the definition for up to 16 players.
-# - KernelSHAP is a weighted regression on coalitions sampled with the Shapley kernel: ours matches
-#   Captum given the same seed (up to Captum's float32 solve), adds up exactly, and converges to the
-#   exact values like $1/\sqrt{n}$.
-# - Expected gradients average IG over background images with one random point per sample: ours
-#   matches Captum's GradientShap and shap's GradientExplainer draw for draw; it adds up only on
-#   average.
-# - shap's Partition explainer adds up; its DeepExplainer adds up and matches Captum's DeepLiftShap
-#   once the max-pool is gone, while Captum's max-pool rule breaks summation to delta on DermNet.
-# - On 16 melanomas with a ruler, the shortcut model's Shapley values put about three times the
-#   ruler's share on the ruler; the debiased model's do not. The baseline must be chosen: from black, the
-#   same game hides the shortcut.
+# - Shapley values average each player's marginal contribution over every order: the only sharing
+#   with efficiency, symmetry, dummy and additivity.
+# - KernelSHAP (a regression on sampled coalitions) and expected gradients (IG averaged over
+#   background images) estimate them; given the same draws, ours match the libraries. KernelSHAP
+#   adds up exactly, expected gradients on average: the sum hides the sampling error.
+# - Captum's DeepLIFT max-pool rule breaks summation to delta on DermNet; without the max-pool, shap
+#   and Captum agree.
+# - The shortcut model's Shapley values put about three times the ruler's share on the ruler; the
+#   debiased model's do not. From black, the same game hides the shortcut.
 #
-# **Next: 08 · Feature visualization.** From explaining one image to asking what a unit of the
-# network responds to: images optimised to excite a neuron, a channel, a class.
+# **Next: 08 · Feature visualization.** From one image to what a unit of the network responds to:
+# images optimised to excite a neuron, a channel, a class.
