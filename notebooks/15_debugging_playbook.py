@@ -36,7 +36,7 @@
 # **After this notebook you will be able to** find an unknown shortcut in a classifier from its
 # behaviour and its maps, confirm it with independent methods, remove it, and show that it is gone.
 #
-# **Time to run:** about 45 s on 2 CPU cores.
+# **Time to run:** about 45 s on 2 CPU cores (47 s under nbval, measured).
 
 # %%
 import inspect
