@@ -58,8 +58,8 @@ from helpers.perturbation import exact_shapley, occlusion
 from helpers.report import agree, fmt, prediction_margin, table
 from helpers.sae import (ablate_latents, cell_share, direct_effect, latent_auroc, latent_codes, layer_vectors,
                          load_sae, normalize)
-from helpers.train import (TEST_SEEDS, artifact_intervention, clinic_c_fix_set, intervention_pair, logits,
-                           predict, rrr_loss, train_fix)
+from helpers.train import (FIX_RECIPE, RECIPE, RRR_LAMBDA, TEST_SEEDS, artifact_intervention, clinic_c_fix_set,
+                           intervention_pair, logits, predict, rrr_loss, train_fix)
 
 start_all = time.perf_counter()
 torch.manual_seed(0)
@@ -138,10 +138,10 @@ assert rows["clinic C's model"]["ink"] < rows["area share"]["ink"]
 
 # %% [markdown]
 # Over all 300 images the ink does not show: clinic C's model puts less than the ink's area share
-# on it. Most of these decisions do not involve ink at all, and the ink marking is a thin arc, two
-# pixels wide, while Grad-CAM's grid has 8 x 8 cells of 8 pixels: a thin thing falls inside cells
-# it shares with skin. Restrict the audit to where the suspicion points, the melanoma decisions on
-# images with ink, and it appears:
+# on it. Most of these decisions do not involve ink at all, and the ink marking is a thin arc
+# (2.4% of the image, the table's area share), while Grad-CAM's grid has 8 x 8 cells of 8 pixels: a
+# thin thing falls inside cells it shares with skin. Restrict the audit to where the suspicion
+# points, the melanoma decisions on images with ink, and it appears:
 
 # %%
 mel_ink = (pred_b == MEL) & ink_b  # now all 1,000 clinic-B images
@@ -250,7 +250,7 @@ assert phi["clinic C's model"]["phi ink"] > 1.0 > abs(phi["debiased (reference)"
 #
 # A concept method (notebook 10): a CAV for ink at `layer2`, from 40 clinic-B images whose only
 # artifact is ink, against each of 10 random sets; scored on 50 held-out melanomas; a t-test of the
-# 10 scores against 10 random-vs-random CAVs'.
+# 10 scores against those of 10 random-vs-random CAVs.
 
 # %%
 ink_set = concept_images("ink", 40)
@@ -349,6 +349,7 @@ print(inspect.getsource(clinic_c_fix_set))
 # %%
 print(inspect.getsource(rrr_loss))
 print(inspect.getsource(train_fix))
+print("both repairs:", FIX_RECIPE, "| RRR's lam:", RRR_LAMBDA, "| the original training:", RECIPE)
 
 # %% [markdown]
 # With `lam` = 10 the penalty dominates the loss at the start of the fine-tuning. Here is each
