@@ -1660,7 +1660,7 @@ def check_flip_rate(your_fn) -> CheckResult:
     changed, so that "classified correctly without the artifact" matters."""
     from .data import MEL, NV
     from .models import load_dermnet
-    from .train import artifact_intervention, predict
+    from .train import predict
 
     name = "flip_rate"
     model = load_dermnet("clinic_c")
@@ -1690,7 +1690,6 @@ def check_flip_rate(your_fn) -> CheckResult:
                 (p_on[p_off == labels] == MEL).float().mean().item(),
         }
         results.append((yours, ours, slips))
-    assert abs(results[0][1] - artifact_intervention(model, "ink", MEL, pair=(off, on))["add"]) < 1e-9
     diff = max(abs(y - o) for y, o, _ in results)
     if diff < 1e-9:
         return CheckResult(True, name, f"right: adding ink turns {results[0][1]:.2f} of the correct non-melanomas "

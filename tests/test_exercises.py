@@ -507,6 +507,14 @@ def test_flip_rate_checker():
         return (predict(model, on_images)[labels != target] == target).float().mean().item()
 
     assert check_flip_rate(_my_flip_rate).passed
+    from helpers.data import MEL
+    from helpers.exercises import _flip_pair
+    from helpers.models import load_dermnet
+    from helpers.train import artifact_intervention
+    off, on = _flip_pair()
+    model = load_dermnet("clinic_c")  # the checker's formula is the helper's "add"
+    assert _my_flip_rate(model, off.images, on.images, off.labels, MEL) == artifact_intervention(
+        model, "ink", MEL, pair=(off, on))["add"]
     todo = check_flip_rate(scaffold)
     assert not todo.passed and not todo.done and "not done yet" in str(todo)
     slip = check_flip_rate(every_other)
