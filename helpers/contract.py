@@ -46,11 +46,35 @@ def check_input(x, name: str = "x", model=None) -> torch.Tensor:
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch")
+    check_finite(x, name)
     dtype = _model_dtype(model) if model is not None else None
     if dtype is not None and x.dtype != dtype:
         raise TypeError(f"{name} is {x.dtype} but the model's parameters are {dtype}: "
                         f"pass {name}.to({dtype}) (or convert the model)")
     return x
+
+
+def check_finite(x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    """Refuse a tensor holding NaN or inf: every method would return a map of it (or crash deep
+    inside), and no map of a NaN image means anything."""
+    bad = ~torch.isfinite(x.detach())
+    if bad.any():
+        where = bad.flatten(1).any(1).nonzero()[:, 0].tolist() if x.dim() > 1 else []
+        raise ValueError(f"{name} holds {int(bad.sum())} NaN or inf values"
+                         + (f" (in images {where[:10]})" if where else "")
+                         + f": pass finite values (torch.nan_to_num({name}) replaces them)")
+    return x
+
+
+def check_scores(scores: torch.Tensor, what: str = "the model") -> torch.Tensor:
+    """Refuse non-finite scores [B] or [B, K] from ``what``: a map of a NaN score is not an
+    explanation, though the gradient methods would return a finite-looking one."""
+    bad = ~torch.isfinite(scores.detach())
+    if bad.any():
+        rows = bad.reshape(len(bad), -1).any(1).nonzero()[:, 0].tolist()
+        raise ValueError(f"{what} returned NaN or inf scores for images {rows[:10]}: there is nothing to "
+                         "explain (check the model's weights and its input scaling)")
+    return scores
 
 
 def check_target(target, batch: int, num_outputs: int | None = None, device=None) -> torch.Tensor:
@@ -83,6 +107,7 @@ def check_outputs(out: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError(f"the model must return scores [B, num_classes], got shape {tuple(out.shape)}")
     if (target >= out.shape[1]).any():
         raise ValueError(f"target {int(target.max())} is out of range for a model with {out.shape[1]} outputs")
+    check_scores(out.gather(1, target.to(out.device)[:, None]))
 
 
 def check_batch_size(batch_size, name: str = "batch_size") -> int:

@@ -80,6 +80,7 @@ def smoothgrad(model: torch.nn.Module, x: torch.Tensor, target, n_samples: int =
     ``abs=True`` averages |g_k| instead of g_k (Captum's Saliency default inside NoiseTunnel).
     The noise is drawn image by image, n_samples each, from ``generator`` (or the global RNG),
     in the same order as Captum's NoiseTunnel: with the same seed and sigma the results agree.
+    It is drawn on the generator's device (a CPU generator gives a GPU model the CPU's noise).
     Samples are processed ``batch_size`` at a time, across image boundaries.
     """
     check_model(model)
@@ -95,19 +96,29 @@ def smoothgrad(model: torch.nn.Module, x: torch.Tensor, target, n_samples: int =
 
     x = x.detach()
     sigma = noise_level * (x.amax((1, 2, 3)) - x.amin((1, 2, 3)))  # [B]
-    total, total_sq = torch.zeros_like(x), torch.zeros_like(x)
+    acc = accumulation_dtype(x)  # sums of many gradients, kept free of float32 round-off
+    total, total_sq = torch.zeros_like(x, dtype=acc), torch.zeros_like(x, dtype=acc)
     n_total = x.shape[0] * n_samples
     for start in range(0, n_total, batch_size):
         img = torch.arange(start, min(n_total, start + batch_size), device=x.device) // n_samples
-        noise = torch.randn((len(img), *x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device)
+        noise = torch.randn((len(img), *x.shape[1:]), generator=generator, dtype=x.dtype,
+                            device=x.device if generator is None else generator.device).to(x.device)
         grad = _gradient(model, x[img] + noise * sigma[img].view(-1, 1, 1, 1), t[img])
         if abs:
             grad = grad.abs()
+        grad = grad.to(acc)
         total.index_add_(0, img, grad)
         if variant != "mean":
             total_sq.index_add_(0, img, grad * grad)
     mean, mean_sq = total / n_samples, total_sq / n_samples
-    return {"mean": mean, "square": mean_sq, "var": mean_sq - mean * mean}[variant]
+    return {"mean": mean, "square": mean_sq, "var": mean_sq - mean * mean}[variant].to(x.dtype)
+
+
+def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype to add up many gradients in: float64 (float32 sums lose digits as the number of
+    terms grows: 5,000 float32 additions one at a time drift by ~1e-5 relative), or float32 on a
+    device without float64 (Apple's MPS)."""
+    return torch.float32 if x.device.type == "mps" else torch.float64
 
 
 # ------------------------------------------------------------------------------------------
@@ -181,7 +192,8 @@ def integrated_gradients(model: torch.nn.Module, x: torch.Tensor, target, baseli
 
     baseline    a number (every pixel), a tensor per image [B, C, H, W] or shared [C, H, W], or a
                 name from BASELINES ("black", "mean", "blur", "noise")
-    steps       points on the path (>= 2); ``rule`` picks them (see ``path_rule``)
+    steps       points on the path (>= 2); ``rule`` picks them (see ``path_rule``); the weighted
+                gradients are summed in float64, so many steps lose no accuracy to the sum
     batch_size  path points per forward/backward pass: memory is bounded by it, however many
                 steps are asked for (the points are never all held at once)
     channels_last  True: pass the path points in channels-last memory layout, about 20% faster on
@@ -197,7 +209,7 @@ def integrated_gradients(model: torch.nn.Module, x: torch.Tensor, target, baseli
     b = _as_baseline(baseline, x)
     diff = x - b
     n_img = x.shape[0]
-    total = torch.zeros_like(x)
+    total = torch.zeros_like(x, dtype=accumulation_dtype(x))  # float64: exact however many steps
     n_total = steps * n_img  # ordered step by step, the whole batch at each step (as Captum)
     for start in range(0, n_total, batch_size):
         k = torch.arange(start, min(n_total, start + batch_size))
@@ -207,8 +219,8 @@ def integrated_gradients(model: torch.nn.Module, x: torch.Tensor, target, baseli
         if channels_last:
             points = points.contiguous(memory_format=torch.channels_last)
         grad = _gradient(model, points, t[img])
-        total.index_add_(0, img, grad * weights[step].to(x.device).view(-1, 1, 1, 1))
-    attr = total * diff
+        total.index_add_(0, img, (grad * weights[step].to(x.device).view(-1, 1, 1, 1)).to(total.dtype))
+    attr = total.to(x.dtype) * diff  # the weighted sum rounded once, then Captum's product
     if not return_delta:
         return attr
     with torch.no_grad():

@@ -57,7 +57,35 @@ def resolve_layer(model: nn.Module, layer) -> nn.Module:
     raise TypeError(f"layer must be an nn.Module or a dotted name, got {type(layer).__name__}")
 
 
-@dataclass
+def layer_name(model: nn.Module, layer) -> str:
+    """``layer`` in one line, for messages: the dotted name it was given, else its path in ``model``
+    (``'layer4.1.relu'``), else its class (``a ReLU``). Never a module's repr, which runs to pages."""
+    if isinstance(layer, str):
+        return repr(layer)
+    if isinstance(layer, nn.Module) and isinstance(model, nn.Module):
+        for name, m in model.named_modules(remove_duplicate=False):
+            if m is layer:
+                return repr(name) if name else "(the model itself)"
+    return f"(a {type(layer).__name__})"
+
+
+def did_not_run(model: nn.Module, layer) -> ValueError:
+    """The error for a layer that the forward pass never called (a module the model holds but does
+    not use, such as torchvision's ``AuxLogits`` in eval mode, or a head replaced in ``forward``)."""
+    return ValueError(f"layer {layer_name(model, layer)} did not run in the forward pass, so it has no output "
+                      "to record: pick a module the forward pass calls (print(model) lists what the model "
+                      "holds, not what it runs)")
+
+
+def ran_more_than_once(model: nn.Module, layer, calls: int) -> ValueError:
+    """The error for a layer called ``calls`` > 1 times in one forward pass (torchvision's
+    ``BasicBlock`` calls its one ``relu`` twice)."""
+    return ValueError(f"layer {layer_name(model, layer)} ran {calls} times in one forward pass (a module used "
+                      "more than once, such as torchvision's shared ReLU in a residual block); one recording "
+                      "holds one call: pick a module that runs once (a block, or its bn2), or use "
+                      "helpers.hooks.one_relu_per_use on a torchvision ResNet")
+
+
 class Recording:
     """What ``capture`` saw.
 
@@ -66,11 +94,27 @@ class Recording:
     output      the live output itself, part of the autograd graph: for ``torch.autograd.grad``
                 with respect to the layer, inside the ``with`` block only (it is dropped on exit:
                 kept, it would tie the recording to the graph in a cycle gc cannot see)
+    calls       how many times the layer ran inside the block (0 or 1)
+
+    Reading ``output`` inside the block before the layer ran raises the "did not run" error.
     """
 
-    activation: torch.Tensor | None = None
-    gradient: torch.Tensor | None = None
-    output: torch.Tensor | None = None
+    def __init__(self, model=None, layer=None):
+        self.activation: torch.Tensor | None = None
+        self.gradient: torch.Tensor | None = None
+        self._output: torch.Tensor | None = None
+        self.calls = 0
+        self._model, self._layer, self._open = model, layer, False
+
+    @property
+    def output(self) -> torch.Tensor | None:
+        if self._open and self.calls == 0:
+            raise did_not_run(self._model, self._layer)
+        return self._output
+
+    @output.setter
+    def output(self, value):
+        self._output = value
 
 
 @contextmanager
@@ -87,29 +131,26 @@ def capture(model: nn.Module, layer, *, gradient: bool = True):
     used twice in one forward pass, or two forward passes) is refused: one recording holds one call.
     """
     module = resolve_layer(model, layer)
-    rec = Recording()
+    rec = Recording(model, layer)
     handles = []
-    calls = [0]
 
     def on_grad(grad):
         rec.gradient = grad.detach().clone()
 
     def on_forward(_module, _inputs, output):
         if not isinstance(output, torch.Tensor):
-            raise TypeError(f"capture: layer {type(module).__name__} returned "
+            raise TypeError(f"capture: layer {layer_name(model, layer)} returned "
                             f"{type(output).__name__}, not a tensor")
-        calls[0] += 1
-        if calls[0] > 1:
-            raise ValueError(f"capture: layer {layer if isinstance(layer, str) else type(module).__name__!r} ran "
-                             f"{calls[0]} times inside one capture block (a module used twice in the forward pass, "
-                             "or a second forward pass); a recording holds one call: capture a module that runs "
-                             "once, or use one block per forward pass")
+        rec.calls += 1
+        if rec.calls > 1:
+            raise ran_more_than_once(model, layer, rec.calls)
         rec.activation = output.detach().clone()
         rec.output = output
         if gradient and output.requires_grad:
             handles.append(output.register_hook(on_grad))
         return output.clone()  # what the rest of the model sees, and may modify in place
 
+    rec._open = True
     try:
         handles.append(module.register_forward_hook(on_forward))
         yield rec
@@ -117,6 +158,9 @@ def capture(model: nn.Module, layer, *, gradient: bool = True):
         for h in handles:  # module hooks and tensor hooks alike
             h.remove()
         rec.output = None
+        rec._open = False
+    if rec.calls == 0:  # the block ended normally and the layer never ran: nothing was recorded
+        raise did_not_run(model, layer)
 
 
 def count_hooks(model: nn.Module) -> int:

@@ -115,3 +115,61 @@ def test_capture_without_gradient_hook(model):
         (g,) = torch.autograd.grad(out[0, 1], rec.output)
     assert rec.gradient is None and g.shape == rec.activation.shape
     assert count_hooks(model) == 0
+
+
+# ---- a layer that does not run, and names in messages ----
+
+class Spare(nn.Module):
+    """Holds a convolution that its forward pass never calls (like inception's AuxLogits in eval)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.spare = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_capture_says_a_layer_did_not_run():
+    torch.manual_seed(0)
+    model = Spare().eval()
+    x = torch.rand(1, 3, 8, 8, requires_grad=True)
+    with pytest.raises(ValueError, match="layer 'spare' did not run in the forward pass"):
+        with capture(model, "spare"):
+            model(x)
+    with pytest.raises(ValueError, match="layer 'spare' did not run"):  # reading output inside the block
+        with capture(model, model.spare, gradient=False) as rec:
+            out = model(x)
+            torch.autograd.grad(out.sum(), rec.output)
+    assert count_hooks(model) == 0
+
+
+def test_capture_on_a_torchvision_module_that_does_not_run():
+    """googlenet's auxiliary heads run only in training mode."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.googlenet(num_classes=3, aux_logits=True, init_weights=False).eval()
+    with pytest.raises(ValueError, match="layer 'aux1' did not run in the forward pass"):
+        with capture(model, model.aux1), torch.no_grad():
+            model(torch.rand(1, 3, 64, 64))
+    assert count_hooks(model) == 0
+
+
+def test_layer_names_in_messages_are_one_line():
+    import torchvision
+
+    from helpers.hooks import layer_name
+
+    model = torchvision.models.resnet50()
+    assert layer_name(model, model.layer4) == "'layer4'"
+    assert layer_name(model, model.layer4[1].relu) == "'layer4.1.relu'"
+    assert layer_name(model, "layer4.1") == "'layer4.1'"
+    assert layer_name(model, nn.ReLU()) == "(a ReLU)"
+    with pytest.raises(ValueError) as err:  # layer4.0.relu runs three times in its block
+        with capture(model, model.layer4[0].relu), torch.no_grad():
+            model.eval()(torch.rand(1, 3, 32, 32))
+    assert "'layer4.0.relu' ran 2 times" in str(err.value) and len(str(err.value)) < 400
+    assert count_hooks(model) == 0
