@@ -22,6 +22,7 @@ rebuilding every block's output from them.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -37,11 +38,20 @@ from .data import IMAGE_SIZE
 HEAD_FUSIONS = ("mean", "max", "min")
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The ViT inside ``nn.DataParallel``, ``DistributedDataParallel`` or any wrapper that holds it as
+    ``model.module`` (as many training scripts leave it); the model itself otherwise."""
+    while not hasattr(model, "blocks") and isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
+
+
 def vit_blocks(model: nn.Module) -> nn.Sequential:
-    """The transformer blocks of a timm ``VisionTransformer``, each checked to be hookable."""
+    """The transformer blocks of a timm ``VisionTransformer`` (or of the one a wrapper holds as
+    ``.module``), each checked to be hookable."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    blocks = getattr(model, "blocks", None)
+    blocks = getattr(_unwrapped(model), "blocks", None)
     expected = ("expected a timm VisionTransformer: model.blocks, each block's .attn a timm.layers.Attention "
                 "with a qkv projection (e.g. helpers.models.load_vit())")
     if not isinstance(blocks, nn.Sequential | nn.ModuleList) or len(blocks) == 0:
@@ -169,10 +179,12 @@ def record_attention(model: nn.Module, layers=None, *, differentiable: bool = Fa
 def attention_maps(model: nn.Module, x: torch.Tensor, layers=None) -> list[torch.Tensor]:
     """The attention probabilities of every block (or of the blocks in ``layers``), one forward pass.
 
-    Returns a list with one ``[B, heads, T, T]`` tensor per block, T = 1 + number of patches
-    (the CLS token first). Row i of a head is the distribution token i attends with:
-    ``A[:, h, 0, 1:]`` is where the CLS token looks. No hooks are left and the model's outputs do
-    not change.
+    Returns a list with one ``[B, heads, T, T]`` tensor per block, T = prefix tokens + number of
+    patches (the CLS token first, then any register tokens: ``model.num_prefix_tokens`` of them).
+    Row i of a head is the distribution token i attends with: ``A[:, h, 0, 1:]`` is where the CLS
+    token looks, which is what the head reads only where it reads the CLS token
+    (``global_pool="token"``); an average-pooled head reads the patch tokens' rows. No hooks are
+    left and the model's outputs do not change.
     """
     check_model(model)
     check_input(x, model=model)
@@ -253,8 +265,12 @@ def rollout(attentions, residual: float = 0.5, head_fusion: str = "mean") -> tor
         R    = A_L^ A_{L-1}^ ... A_1^
 
     R[b, i, j] is how much of output token i traces back to input token j; ``R[:, 0, 1:]`` is the
-    CLS token's view of the patches. Returns ``[B, T, T]`` in float64 (a product of L stochastic
-    matrices; float64 keeps its rows summing to 1).
+    CLS token's view of the patches, the explanation of a head that reads the CLS token
+    (``global_pool="token"``). For a head that averages the patch tokens (``global_pool="avg"``,
+    or a ViT without a CLS token) the CLS row explains nothing: the head reads the mean of the
+    patch rows, ``R[:, P:].mean(1)`` with P = ``model.num_prefix_tokens``. Returns ``[B, T, T]`` in
+    float64 (a product of L stochastic matrices; float64 keeps its rows summing to 1), on the
+    attentions' device.
     """
     result = None
     for a in _fused(attentions, residual, head_fusion):
@@ -291,14 +307,15 @@ def attention_flow(attentions, residual: float = 0.5, head_fusion: str = "mean",
     maximum flow from the CLS node at the top to token j at the bottom. Rollout multiplies the
     weights along every path; flow lets each path carry only what its narrowest edge allows.
 
-    Returns ``[B, T]`` (the CLS row, like ``rollout(...)[:, 0]``). Each value is one max-flow
+    Returns ``[B, T]`` (the CLS row, like ``rollout(...)[:, 0]``: token 0 must be the CLS token that
+    the head reads, see ``rollout``), float64, on the attentions' device. Each value is one max-flow
     problem: here solved by SciPy's Dinic algorithm on integer capacities (the weights times
     ``scale``, rounded: values are exact to about 1e-9 per edge). That is T problems per image on
     a graph of L T^2 edges: the cost that keeps attention flow to small cases.
     """
-    mats = [a.cpu().numpy() for a in _fused(attentions, residual, head_fusion)]
-    stacked = np.stack(mats, 1)  # [B, L, T, T]
-    return torch.tensor(np.stack([_max_flow_values(m, scale) for m in stacked]))
+    fused = _fused(attentions, residual, head_fusion)
+    stacked = np.stack([a.cpu().numpy() for a in fused], 1)  # [B, L, T, T]
+    return torch.tensor(np.stack([_max_flow_values(m, scale) for m in stacked]), device=fused[0].device)
 
 
 def _grid_of(grid) -> tuple[int, int]:
@@ -310,51 +327,79 @@ def _grid_of(grid) -> tuple[int, int]:
     return tuple(grid)
 
 
-def token_map(rows: torch.Tensor, grid, size=IMAGE_SIZE, mode: str = "nearest") -> torch.Tensor:
+def _prefix_of(prefix) -> int:
+    if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
+        raise ValueError(f"prefix must be an int >= 0 (the tokens before the patches: model.num_prefix_tokens), "
+                         f"got {prefix!r}")
+    return prefix
+
+
+def token_map(rows: torch.Tensor, grid, size=IMAGE_SIZE, mode: str = "nearest", prefix: int = 1,
+              dtype=torch.float32) -> torch.Tensor:
     """CLS-to-patch rows ``[B, T]`` (T = 1 + rows * cols, the CLS entry first) as ``[B, 1, H, W]``.
 
     The CLS entry is dropped, the patch entries laid out on the ``grid`` (row-major, as the patch
     embedding orders them) and resized to ``size``. ``mode="nearest"`` (the default) gives every
     pixel of a patch its patch's value, so a mass inside a mask counts whole patches;
-    ``"bilinear"`` smooths across patch borders, as most libraries draw it.
+    ``"bilinear"`` smooths across patch borders, as most libraries draw it. ``prefix``: how many
+    entries come before the patches (``model.num_prefix_tokens``: 0 without a CLS token, 1 + the
+    register tokens with them). The map is ``dtype`` (float32, what the figures draw).
     """
     h, w = _grid_of(grid)
+    p = _prefix_of(prefix)
     if not isinstance(rows, torch.Tensor) or rows.dim() != 2:
         got = tuple(rows.shape) if isinstance(rows, torch.Tensor) else type(rows).__name__
         raise ValueError(f"rows must be [B, T] (one row of token weights per image), got {got}")
-    if rows.shape[1] != 1 + h * w:
-        raise ValueError(f"rows has {rows.shape[1]} tokens, but a {h}x{w} grid needs 1 + {h * w} = {1 + h * w}")
-    maps = rows[:, 1:].reshape(-1, 1, h, w).float()
+    if rows.shape[1] != p + h * w:
+        raise ValueError(f"rows has {rows.shape[1]} tokens, but a {h}x{w} grid needs {p} + {h * w} = {p + h * w} "
+                         "(prefix= sets the tokens before the patches: model.num_prefix_tokens)")
+    maps = rows[:, p:].reshape(-1, 1, h, w).to(dtype)
     kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
     return F.interpolate(maps, size=size, mode=mode, **kwargs)
 
 
-def tokens_to_grid(tokens: torch.Tensor, grid=None) -> torch.Tensor:
-    """Patch tokens as a feature map: ``[B, 1 + h*w, C]`` -> ``[B, C, h, w]``, the CLS token dropped.
+def tokens_to_grid(tokens: torch.Tensor, grid=None, prefix: int = 1) -> torch.Tensor:
+    """Patch tokens as a feature map: ``[B, prefix + h*w, C]`` -> ``[B, C, h, w]``, the ``prefix``
+    tokens before the patches dropped (the CLS token; ``model.num_prefix_tokens`` in general: 0
+    for a ViT without a CLS token, 1 + the register tokens with them).
 
     The ``reshape`` that lets Grad-CAM run on a ViT layer (pytorch-grad-cam and torchcam call it
-    ``reshape_transform``): ``grad_cam(model, x, t, "blocks.3.norm1", reshape=tokens_to_grid)``.
-    ``grid`` defaults to the square grid the token count implies.
+    ``reshape_transform``): ``grad_cam(model, x, t, "blocks.3.norm1", reshape=tokens_to_grid)``
+    (``reshape=lambda t: tokens_to_grid(t, prefix=0)`` without a CLS token). ``grid`` defaults to
+    the square grid the token count implies.
     """
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3:
         got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
         raise ValueError(f"tokens must be [B, T, C] (a transformer layer's output), got {got}")
-    n = tokens.shape[1] - 1
+    p = _prefix_of(prefix)
+    n = tokens.shape[1] - p
     if grid is None:
-        side = int(round(n ** 0.5))
+        side = math.isqrt(max(n, 0))
         if side * side != n:
-            raise ValueError(f"{n} patch tokens do not form a square grid: pass grid=(rows, cols)")
+            raise ValueError(f"{n} patch tokens (after {p} prefix tokens) do not form a square grid: pass "
+                             "grid=(rows, cols), or prefix= (model.num_prefix_tokens: 0 without a CLS token)")
         grid = side
     h, w = _grid_of(grid)
     if h * w != n:
-        raise ValueError(f"tokens has {n} patch tokens, but grid {h}x{w} needs {h * w}")
-    return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+        raise ValueError(f"tokens has {n} patch tokens (after {p} prefix tokens), but grid {h}x{w} needs {h * w}")
+    return tokens[:, p:].transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
 
 
-def _cls_grid(model) -> tuple[int, int]:
-    if getattr(model, "num_prefix_tokens", 1) != 1 or not getattr(model, "has_class_token", True):
-        raise ValueError("relevance expects a ViT with exactly one CLS token and no register tokens")
-    return tuple(model.patch_embed.grid_size)
+def _cls_grid(vit) -> tuple[int, int]:
+    """The patch grid of a ViT whose head reads its one CLS token: what ``relevance`` explains."""
+    instead = ("explain it with Grad-CAM on the tokens instead: grad_cam(model, x, target, 'blocks.N.norm1', "
+               "reshape=lambda t: tokens_to_grid(t, prefix=model.num_prefix_tokens))")
+    if not getattr(vit, "has_class_token", True) or getattr(vit, "num_prefix_tokens", 1) == 0:
+        raise ValueError(f"relevance explains the CLS token's row, and this ViT has no CLS token: {instead}")
+    if getattr(vit, "num_prefix_tokens", 1) != 1:
+        raise ValueError(f"relevance expects a ViT with exactly one CLS token and no register or distillation "
+                         f"tokens; this one has {vit.num_prefix_tokens} tokens before the patches: {instead}")
+    pool = getattr(vit, "global_pool", "token")
+    if pool != "token":
+        raise ValueError(f"relevance explains the CLS token's row, but this ViT's head (global_pool={pool!r}) "
+                         "never reads the CLS token: its gradient at the last block is 0, so the row would "
+                         f"explain nothing; {instead}")
+    return tuple(vit.patch_embed.grid_size)
 
 
 def relevance(model: nn.Module, x: torch.Tensor, target, mode: str = "nearest") -> torch.Tensor:
@@ -367,25 +412,29 @@ def relevance(model: nn.Module, x: torch.Tensor, target, mode: str = "nearest") 
         R  <- R + mean_h[ (dS_c/dA_l ⊙ A_l)^+ ] R                  for l = 1 .. L
         map = token_map(R[:, 0])                                    (the CLS row)
 
-    One forward and one backward pass for the batch. Returns ``[B, 1, H, W]``.
+    The rule explains the CLS token, so the head must read it (timm's ``global_pool="token"``): a
+    ViT without a CLS token, with register tokens, or whose head averages the patch tokens is
+    refused. A wrapper holding the ViT as ``.module`` (``nn.DataParallel``) is unwrapped. One
+    forward and one backward pass for the batch. Returns ``[B, 1, H, W]``, in x's dtype.
     """
     check_model(model)
     check_input(x, model=model)
     vit_blocks(model)
-    grid = _cls_grid(model)
+    grid = _cls_grid(_unwrapped(model))
     t = check_target(target, x.shape[0], device=x.device)
     with record_attention(model, differentiable=True) as rec, torch.enable_grad():
         out = model(x.detach().requires_grad_(True))  # so that A needs grad even for a frozen model
         check_outputs(out, t)
         grads = torch.autograd.grad(out.gather(1, t[:, None]).sum(), rec.attentions)
-    return token_map(relevance_rule(rec.attentions, grads)[:, 0], grid, size=tuple(x.shape[-2:]), mode=mode)
+    rows = relevance_rule(rec.attentions, grads)[:, 0]
+    return token_map(rows, grid, size=tuple(x.shape[-2:]), mode=mode, dtype=x.dtype)
 
 
 @torch.no_grad()
 def relevance_rule(attentions, grads) -> torch.Tensor:
     """Chefer et al.'s accumulation, ``[B, T, T]``: R = I, then R <- R + mean_h[(grad ⊙ A)^+] R per block."""
     n = attentions[0].shape[-1]
-    r = torch.eye(n, device=attentions[0].device).expand(attentions[0].shape[0], n, n)
+    r = torch.eye(n, dtype=attentions[0].dtype, device=attentions[0].device).expand(attentions[0].shape[0], n, n)
     for a, g in zip(attentions, grads, strict=True):
         r = r + (g * a).clamp(min=0).mean(1) @ r
     return r

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .contract import check_finite
 from .metrics import mask_mass, mask_share
 
 
@@ -44,6 +45,7 @@ def artifact_audit(attr: torch.Tensor, masks: dict, names) -> dict:
     mass   share of the map's magnitude inside the mask (``helpers.metrics.mask_mass``)
     share  share of the image the mask covers: what a map that ignores the artifact would put there
     """
+    check_finite(attr, "attr")
     out = {}
     for name in names:
         if name not in masks:
@@ -74,25 +76,44 @@ class Spray(NamedTuple):
 def spray_features(maps: torch.Tensor, size: int = 8) -> torch.Tensor:
     """SpRAy's preprocessing: each map ``[N, 1, H, W]`` (or ``[N, C, H, W]``, summed over channels)
     average-pooled to ``size`` x ``size`` and scaled to unit sum of magnitudes: ``[N, size * size]``,
-    float64. Only where the map puts its mass counts, not how much it has."""
+    float64. Only where the map puts its mass counts, not how much it has. An all-zero map has no
+    mass, so no shape to compare: it is refused (leave such maps out; they are a group of their own)."""
     if maps.dim() != 4:
         raise ValueError(f"maps must be [N, C, H, W], got shape {tuple(maps.shape)}")
     if maps.shape[-1] % size or maps.shape[-2] % size:
         raise ValueError(f"size must divide the maps' height and width {tuple(maps.shape[-2:])}, got {size}")
+    check_finite(maps, "maps")
     m = F.adaptive_avg_pool2d(maps.detach().double().sum(1, keepdim=True).abs(), size).flatten(1)
-    return m / m.sum(1, keepdim=True).clamp_min(1e-12)
+    empty = (m.sum(1) == 0).nonzero()[:, 0].tolist()
+    if empty:
+        more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+        raise ValueError(f"maps {empty[:10]}{more} are all zero: a map without mass has no shape to compare; "
+                         "leave them out (keep = maps.flatten(1).abs().sum(1) > 0) and count them as a group "
+                         "of their own")
+    return m / m.sum(1, keepdim=True)
 
 
 def knn_affinity(features: torch.Tensor, n_neighbors: int = 10) -> torch.Tensor:
     """The symmetric k-nearest-neighbour graph ``[N, N]``: 1 where j is among i's ``n_neighbors``
     nearest (Euclidean, itself included) and i among j's, 0.5 where only one holds (scikit-learn's
-    ``affinity="nearest_neighbors"``: (C + C^T) / 2), with no self-loops (the Laplacian ignores them)."""
+    ``affinity="nearest_neighbors"``: (C + C^T) / 2), with no self-loops (the Laplacian ignores them).
+
+    Refused where the graph is not determined by the maps: a map whose ``n_neighbors``-th and next
+    nearest maps are at the same distance (identical maps) would get one or the other by the maps'
+    order, and the clusters would be the tie-breaking's."""
     n = features.shape[0]
-    if not 1 <= n_neighbors < n:
-        raise ValueError(f"n_neighbors must be in 1..{n - 1} for {n} maps, got {n_neighbors}")
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or not 2 <= n_neighbors < n:
+        raise ValueError(f"n_neighbors must be in 2..{n - 1} for {n} maps, got {n_neighbors!r} (a map is its "
+                         "own nearest neighbour, so with 1 no two maps would be joined)")
     d = torch.cdist(features, features)
+    near = d.sort(1).values
+    tied = (near[:, n_neighbors] == near[:, n_neighbors - 1]).nonzero()[:, 0].tolist()
+    if tied:
+        raise ValueError(f"the maps cannot be told apart: for maps {tied[:10]} the {n_neighbors}-th and the next "
+                         "nearest map are at one distance (identical maps?), so the maps' order, not their shapes, "
+                         "would decide the graph; leave out duplicate maps, or change n_neighbors")
     idx = d.topk(n_neighbors, largest=False).indices
-    c = torch.zeros(n, n, dtype=features.dtype).scatter_(1, idx, 1.0)
+    c = torch.zeros(n, n, dtype=features.dtype, device=features.device).scatter_(1, idx, 1.0)
     return ((c + c.T) / 2).fill_diagonal_(0.0)
 
 
@@ -139,13 +160,15 @@ def spray(maps: torch.Tensor, n_clusters: int | None = None, *, size: int = 8, n
     4. the k eigenvectors, scaled by D^-1/2 (scikit-learn's ``spectral_embedding``), clustered
        by ``kmeans``; clusters are numbered by size, largest first.
 
-    No mask, label or artifact name enters: the groups come from the maps' shapes alone.
+    No mask, label or artifact name enters: the groups come from the maps' shapes alone. Maps that
+    cannot be told apart are refused rather than clustered: all-zero maps (no shape) and ties in
+    the k-nearest-neighbour graph (identical maps), whose clusters would be the tie-breaking's.
     """
     feats = spray_features(maps, size)
     a = knn_affinity(feats, n_neighbors)
     margins = {"knn": knn_margin(feats, n_neighbors)}
     d_isqrt = a.sum(1).rsqrt()
-    lap = torch.eye(len(a), dtype=a.dtype) - d_isqrt[:, None] * a * d_isqrt[None, :]
+    lap = torch.eye(len(a), dtype=a.dtype, device=a.device) - d_isqrt[:, None] * a * d_isqrt[None, :]
     evals, evecs = torch.linalg.eigh(lap)
     if n_clusters is None:
         gaps = torch.diff(evals[:min(max_clusters, len(evals) - 1) + 1])
@@ -155,11 +178,12 @@ def spray(maps: torch.Tensor, n_clusters: int | None = None, *, size: int = 8, n
     if not isinstance(n_clusters, int) or not 2 <= n_clusters < len(a):
         raise ValueError(f"n_clusters must be an int in 2..{len(a) - 1}, got {n_clusters!r}")
     emb = evecs[:, :n_clusters] * d_isqrt[:, None]
-    emb = emb * torch.where(emb[emb.abs().argmax(0), torch.arange(n_clusters)] < 0, -1.0, 1.0)  # sign fixed
+    cols = torch.arange(n_clusters, device=emb.device)
+    emb = emb * torch.where(emb[emb.abs().argmax(0), cols] < 0, -1.0, 1.0)  # sign fixed
     labels, margins["kmeans"] = kmeans(emb, n_clusters)
     sizes = torch.bincount(labels, minlength=n_clusters)
     order = sorted(range(n_clusters), key=lambda j: (-int(sizes[j]), int((labels == j).nonzero()[0])))
-    labels = torch.tensor([order.index(int(j)) for j in labels])
+    labels = torch.tensor([order.index(int(j)) for j in labels], device=emb.device)
     return Spray(labels, evals, emb, n_clusters, margins)
 
 

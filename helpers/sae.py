@@ -48,8 +48,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import models as _models  # DATA_DIR and MANIFEST read at call time (tests point them elsewhere)
-from .contract import check_batch_size, check_input, check_model
-from .hooks import capture, resolve_layer
+from .contract import check_batch_size, check_input, check_model, check_scores
+from .hooks import capture, layer_name, resolve_layer
 from .models import load_dermnet, sha256
 
 LAYER = "layer4"
@@ -68,7 +68,8 @@ def _check_int(value, name: str, low: int = 1) -> int:
 @torch.no_grad()
 def layer_vectors(model: nn.Module, images: torch.Tensor, layer=LAYER, batch_size: int = 256) -> torch.Tensor:
     """``layer``'s output as one vector per spatial position: ``[N * h * w, C]``, in the order
-    (image, row, column), so ``.view(N, h, w, C)`` gives the maps back. Float32, no gradient."""
+    (image, row, column), so ``.view(N, h, w, C)`` gives the maps back. In the layer's dtype, on its
+    device, no gradient."""
     check_model(model)
     check_input(images, "images", model=model)
     check_batch_size(batch_size)
@@ -132,14 +133,21 @@ class _SAE(nn.Module):
         self.d_in, self.d_latent = d_in, d_latent
         self.layer = None  # the model layer it reads, set by train_sae / load_sae
 
+    def _check(self, acts, d: int, name: str) -> torch.Tensor:
+        _check_acts(acts, d, name)
+        if acts.dtype != self.W_dec.dtype:
+            raise TypeError(f"{name} are {acts.dtype} but the SAE's parameters are {self.W_dec.dtype}: pass "
+                            f"{name}.to({self.W_dec.dtype}) (or convert the SAE: sae.to({acts.dtype}))")
+        return acts
+
     def pre_acts(self, acts: torch.Tensor) -> torch.Tensor:
         """``W_enc (x - b_dec) + b_enc``, before the non-linearity: ``[N, d_latent]``."""
-        _check_acts(acts, self.d_in)
+        self._check(acts, self.d_in, "acts")
         return (acts - self.b_dec) @ self.W_enc + self.b_enc
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """``x_hat = W_dec f + b_dec``: ``[N, d_latent] -> [N, d_in]``."""
-        _check_acts(latents, self.d_latent, "latents")
+        self._check(latents, self.d_latent, "latents")
         return latents @ self.W_dec + self.b_dec
 
     def forward(self, acts: torch.Tensor) -> torch.Tensor:
@@ -278,7 +286,9 @@ def train_sae(sae: _SAE, acts: torch.Tensor, *, steps: int = 1000, batch_size: i
     is removed first (it would only change their norm). A latent is dead once it has not fired for
     ``dead_after`` vectors: the TopK SAE feeds those to AuxK; the ReLU SAE resamples them every
     ``resample_every`` steps towards inputs it reconstructs badly (Bricken et al.). The learning
-    rate falls linearly to 0 over the last 20% of the steps. Returns the loss history.
+    rate falls linearly to 0 over the last 20% of the steps. The SAE takes the activations' dtype
+    and device (``sae.to(acts.dtype)``: float64 activations train a float64 SAE); the batches are
+    drawn on the CPU, so they are the same on every device. Returns the loss history.
     """
     if not isinstance(sae, _SAE):
         raise TypeError(f"sae must be a ReLUSAE or TopKSAE, got {type(sae).__name__}")
@@ -288,17 +298,18 @@ def train_sae(sae: _SAE, acts: torch.Tensor, *, steps: int = 1000, batch_size: i
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     g = torch.Generator().manual_seed(int(seed))
+    sae.to(device=acts.device, dtype=acts.dtype)
     with torch.no_grad():
         sae.b_dec.copy_(acts.mean(0))
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
     decay_from = int(0.8 * steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 1.0 if s < decay_from else (steps - s) / max(1, steps - decay_from))
-    since_fired = torch.zeros(sae.d_latent, dtype=torch.long)
+    since_fired = torch.zeros(sae.d_latent, dtype=torch.long, device=acts.device)
     history = {"loss": [], "mse": []}
     sae.train()
     for step in tqdm(range(steps), desc=type(sae).__name__, disable=not progress):
-        batch = acts[torch.randint(len(acts), (batch_size,), generator=g)]
+        batch = acts[torch.randint(len(acts), (batch_size,), generator=g).to(acts.device)]
         dead = since_fired >= dead_after
         losses = sae.loss(batch, dead)
         opt.zero_grad(set_to_none=True)
@@ -332,10 +343,10 @@ def _resample(sae: ReLUSAE, opt, batch: torch.Tensor, dead: torch.Tensor, g: tor
     if len(idx) == 0:
         return 0
     err = (batch - sae(batch)).pow(2).sum(-1)
-    pick = torch.multinomial(err / err.sum(), len(idx), replacement=len(idx) > len(batch), generator=g)
+    pick = torch.multinomial((err / err.sum()).cpu(), len(idx), replacement=len(idx) > len(batch), generator=g)
     v = batch[pick] - sae.b_dec
     v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    alive = sae.W_enc[:, ~dead].norm(dim=0).mean() if (~dead).any() else torch.tensor(1.0)
+    alive = sae.W_enc[:, ~dead].norm(dim=0).mean() if (~dead).any() else sae.W_enc.new_tensor(1.0)
     sae.W_dec[idx] = v
     sae.W_enc[:, idx] = v.t() * 0.2 * alive
     sae.b_enc[idx] = 0.0
@@ -357,7 +368,7 @@ def evaluate(sae: _SAE, acts: torch.Tensor, batch_size: int = 8192) -> dict:
     firing frequency)."""
     _check_acts(acts, sae.d_in)
     err = active = 0.0
-    fired = torch.zeros(sae.d_latent, dtype=torch.float64)
+    fired = torch.zeros(sae.d_latent, dtype=torch.float64, device=acts.device)
     for i in range(0, len(acts), batch_size):
         x = acts[i:i + batch_size]
         f = sae.encode(x)
@@ -383,7 +394,8 @@ def _patched(model: nn.Module, sae: _SAE, layer, edit):
 
     def hook(_module, _inputs, output):
         if output.dim() != 4 or output.shape[1] != sae.d_in:
-            raise ValueError(f"layer {layer!r} outputs {tuple(output.shape)}; the SAE reads {sae.d_in} channels")
+            raise ValueError(f"layer {layer_name(model, layer)} outputs {tuple(output.shape)}; the SAE reads "
+                             f"{sae.d_in} channels")
         b, c, h, w = output.shape
         x = normalize(_to_vectors(output), float(sae.act_scale))
         new = edit(x) / sae.act_scale
@@ -419,7 +431,7 @@ def ablate_latents(model: nn.Module, sae: _SAE, latents, layer=None):
         f = sae.encode(x)
         error = x - sae.decode(f)
         f = f.clone()
-        f[:, idx] = 0.0
+        f[:, idx.to(f.device)] = 0.0
         return sae.decode(f) + error
 
     return _patched(model, sae, layer, edit)
@@ -431,9 +443,10 @@ def downstream(model: nn.Module, sae: _SAE, images: torch.Tensor, labels: torch.
     the model's own), and ``kl``, the mean ``KL(p_model || p_spliced)`` of the output distributions."""
     from .train import logits
     check_model(model)
-    before = logits(model, images, batch_size)
+    check_input(images, "images", model=model)
+    before = check_scores(logits(model, images, batch_size))
     with splice(model, sae):
-        after = logits(model, images, batch_size)
+        after = check_scores(logits(model, images, batch_size), "the model with the SAE spliced in")
     kl = F.kl_div(after.log_softmax(1), before.log_softmax(1), log_target=True, reduction="batchmean")
     return {"accuracy_model": float((before.argmax(1) == labels).float().mean()),
             "accuracy": float((after.argmax(1) == labels).float().mean()), "kl": float(kl)}
@@ -449,7 +462,7 @@ def latent_auroc(codes: torch.Tensor, positive: torch.Tensor, chunk: int = 128) 
     """The AUROC of each latent's activation as a detector of ``positive`` (bool ``[N]``), ``[d_latent]``:
     the probability that a random positive vector has the larger activation than a random negative
     one, ties counted one half (the Mann-Whitney U statistic over ``n_pos * n_neg``)."""
-    positive = torch.as_tensor(positive, dtype=torch.bool).flatten()
+    positive = torch.as_tensor(positive, dtype=torch.bool, device=codes.device).flatten()
     if codes.dim() != 2 or codes.shape[0] != positive.numel():
         raise ValueError(f"codes [N, d_latent] and positive [N] must match, got {tuple(codes.shape)} "
                          f"and {positive.numel()}")

@@ -315,3 +315,131 @@ def test_relevance_leaves_no_trace(vit, x):
     with pytest.raises(ValueError, match="x must be"):
         relevance(vit, x[0], 2)
     assert count_hooks(vit) == 0
+
+
+# ---- ViTs the course did not build: other heads, no CLS token, wrappers, float64 ----
+
+def _small_timm_vit(**kwargs):
+    from timm.models.vision_transformer import VisionTransformer
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=3,
+                             **kwargs).eval()
+
+
+@pytest.fixture(scope="module")
+def avg_vit():
+    return _small_timm_vit(global_pool="avg")
+
+
+@pytest.fixture(scope="module")
+def timm_tiny_avg():
+    import timm
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", img_size=64, global_pool="avg", num_classes=3).eval()
+
+
+def test_an_average_pooled_head_never_reads_the_cls_token(avg_vit):
+    """The pattern: with global_pool="avg" the score's gradient at the last block's CLS output is 0."""
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    out = {}
+    handle = avg_vit.blocks[-1].register_forward_hook(lambda m, i, o: out.setdefault("tokens", o))
+    try:
+        score = avg_vit(x)[:, 0].sum()
+    finally:
+        handle.remove()
+    grad = torch.autograd.grad(score, out["tokens"])[0]
+    assert grad[:, 0].abs().max() == 0 and grad[:, 1:].abs().max() > 0
+
+
+@pytest.mark.parametrize("fixture, size", [("avg_vit", 32), ("timm_tiny_avg", 64)])
+def test_relevance_refuses_a_head_that_does_not_read_the_cls_token(request, fixture, size):
+    model = request.getfixturevalue(fixture)
+    with pytest.raises(ValueError, match=r"global_pool='avg'.*never reads the CLS token"):
+        relevance(model, torch.rand(1, 3, size, size), 0)
+    assert count_hooks(model) == 0
+
+
+def test_relevance_refuses_a_vit_without_a_cls_token():
+    model = _small_timm_vit(class_token=False, global_pool="avg")
+    with pytest.raises(ValueError, match="no CLS token"):
+        relevance(model, torch.rand(1, 3, 32, 32), 0)
+
+
+def test_tokens_to_grid_and_token_map_take_the_prefix_tokens():
+    """No CLS token (class_token=False), one, or one and four registers: the patch tokens are the last h*w."""
+    patches = torch.rand(2, 16, 5)
+    expected = patches.transpose(1, 2).reshape(2, 5, 4, 4)
+    assert torch.equal(tokens_to_grid(patches, prefix=0), expected)
+    assert torch.equal(tokens_to_grid(torch.cat([torch.rand(2, 1, 5), patches], 1)), expected)
+    assert torch.equal(tokens_to_grid(torch.cat([torch.rand(2, 5, 5), patches], 1), prefix=5), expected)
+    with pytest.raises(ValueError, match=r"15 patch tokens \(after 1 prefix tokens\).*prefix="):
+        tokens_to_grid(patches)
+    rows = torch.rand(2, 16)
+    assert torch.equal(token_map(rows, 4, size=4, prefix=0)[:, 0], rows.view(2, 4, 4))
+    with pytest.raises(ValueError, match="needs 1 \\+ 16 = 17"):
+        token_map(rows, 4)
+
+
+def test_grad_cam_on_the_tokens_of_a_vit_without_cls_token():
+    model = _small_timm_vit(class_token=False, global_pool="avg")
+    cam = grad_cam(model, torch.rand(2, 3, 32, 32), 1, model.blocks[-1].norm1, upsample=False,
+                   reshape=lambda t: tokens_to_grid(t, prefix=model.num_prefix_tokens))
+    assert cam.shape == (2, 1, 4, 4) and cam.abs().max() > 0 and count_hooks(model) == 0
+
+
+class _Wrapper(nn.Module):
+    """What DistributedDataParallel and many training scripts leave: the ViT under ``.module``."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x)
+
+
+@pytest.fixture(scope="module")
+def plain_results(vit, x):
+    return attention_maps(vit, x[:2]), relevance(vit, x[:2], 3)
+
+
+@pytest.mark.parametrize("wrap", [nn.DataParallel, _Wrapper], ids=["DataParallel", "module-wrapper"])
+def test_the_attention_helpers_unwrap_a_module_wrapped_vit(vit, x, wrap, plain_results):
+    x = x[:2]
+    wrapped = wrap(vit).eval()
+    maps, rel = plain_results
+    assert all(torch.equal(a, b) for a, b in zip(attention_maps(wrapped, x), maps, strict=True))
+    assert torch.equal(relevance(wrapped, x, 3), rel)
+    assert max(verify_attention(wrapped, x)) < 1e-5
+    with record_attention(wrapped, layers=0) as rec, torch.no_grad():
+        wrapped(x)
+    assert len(rec.attentions) == 1 and count_hooks(wrapped) == 0
+
+
+def test_relevance_of_a_float64_vit_stays_float64(x):
+    torch.manual_seed(0)
+    model = DermViT().eval().double()
+    r = relevance(model, x.double(), 2)
+    assert r.dtype == torch.float64 and count_hooks(model) == 0
+    assert torch.allclose(r, relevance(model.float(), x, 2).double(), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", [attention_maps, verify_attention, lambda m, x: relevance(m, x, 0)],
+                         ids=["attention_maps", "verify_attention", "relevance"])
+def test_non_finite_images_are_refused(vit, x, method):
+    bad = x.clone()
+    bad[1, 2, 3, 4] = float("inf")
+    with pytest.raises(ValueError, match=r"x holds 1 NaN or inf values \(in images \[1\]\)"):
+        method(vit, bad)
+    assert count_hooks(vit) == 0
+
+
+def test_relevance_refuses_non_finite_scores(x):
+    torch.manual_seed(0)
+    model = DermViT().eval()
+    with torch.no_grad():
+        model.head.bias[2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf scores"):
+        relevance(model, x, 2)
+    assert count_hooks(model) == 0 and all(p.grad is None for p in model.parameters())
+

@@ -317,6 +317,28 @@ def test_no_side_effects(shortcut, xt):
     assert torch.equal(attr, before) and count_hooks(shortcut) == 0
 
 
+@pytest.mark.parametrize("metric", [
+    lambda m, x, t, a: E.deletion(m, x, t, a, steps=2),
+    lambda m, x, t, a: E.road(m, x, t, a, steps=2),
+    lambda m, x, t, a: E.infidelity(m, x, t, a, E.noise_perturbation(), 2),
+    lambda m, x, t, a: E.sensitivity_max(grad_cam, m, x, t, 0.02, 2),
+    lambda m, x, t, a: E.faithfulness_correlation(m, x, t, a, n_runs=2),
+], ids=["deletion", "road", "infidelity", "sensitivity_max", "faithfulness_correlation"])
+def test_non_finite_images_and_scores_are_refused(shortcut, xt, metric):
+    x, t = xt[0][:2], xt[1][:2]
+    attr = torch.rand(2, 1, 64, 64)
+    bad = x.clone()
+    bad[1, 0, 5, 5] = float("inf")
+    with pytest.raises(ValueError, match=r"x holds 1 NaN or inf values \(in images \[1\]\)"):
+        metric(shortcut, bad, t, attr)
+    broken = copy.deepcopy(shortcut)
+    with torch.no_grad():
+        broken.fc.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN or inf scores"):
+        metric(broken, x, t, attr)
+    assert count_hooks(shortcut) == 0 and count_hooks(broken) == 0
+
+
 def test_bad_input(shortcut, xt):
     x, t = xt
     attr = grad_cam(shortcut, x, t)

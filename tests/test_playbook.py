@@ -83,6 +83,42 @@ def test_spray_bad_input_names_the_argument(kwargs, word):
         spray(**kwargs)
 
 
+def test_spray_refuses_maps_without_mass():
+    """24 all-zero maps have no shape at all: a clustering of them would be the tie-breaking's."""
+    maps, _ = _three_shapes(n=24)
+    maps[[3, 17]] = 0.0
+    with pytest.raises(ValueError, match=r"maps \[3, 17\] are all zero"):
+        spray(maps, n_neighbors=5)
+    with pytest.raises(ValueError, match=r"maps \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\] and 14 more are all zero"):
+        spray(torch.zeros(24, 1, 64, 64))
+
+
+def test_spray_refuses_maps_it_cannot_tell_apart():
+    same = _three_shapes(n=1)[0].expand(24, 1, 64, 64)  # 24 copies of one map
+    with pytest.raises(ValueError, match="cannot be told apart"):
+        spray(same)
+    with pytest.raises(ValueError, match="cannot be told apart"):
+        knn_affinity(spray_features(same), 5)
+
+
+def test_spray_with_one_neighbour_is_refused_clearly():
+    """Each map is its own nearest neighbour: with n_neighbors=1 the graph has no edge at all."""
+    maps, _ = _three_shapes(n=30)
+    with pytest.raises(ValueError, match=r"n_neighbors must be in 2\.\.29 .* its own nearest neighbour"):
+        spray(maps, n_neighbors=1)
+    assert spray(maps, n_neighbors=2).labels.shape == (30,)
+
+
+def test_spray_and_the_audit_refuse_non_finite_maps():
+    maps, _ = _three_shapes(n=30)
+    maps[4, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"maps holds 1 NaN or inf values \(in images \[4\]\)"):
+        spray(maps, n_neighbors=5)
+    ds = make_dataset(4, clinic="B", seed=3)
+    with pytest.raises(ValueError, match="attr holds 1 NaN"):
+        artifact_audit(maps[1:5], ds.masks, ["lesion"])
+
+
 def test_spray_leaves_the_maps_alone():
     maps, _ = _three_shapes(n=30)
     before = maps.clone()

@@ -350,3 +350,54 @@ def test_batch_topk_trains():
     sae = S.BatchTopKSAE(16, 64, 4, seed=0)
     hist = S.train_sae(sae, x, steps=60, batch_size=256, lr=3e-3, seed=5, progress=False)
     assert hist["mse"][-1] < 0.7 * hist["mse"][0] and float(sae.threshold) > 0 and not sae.training
+
+
+# ---- float64 activations, layers named in one line, non-finite input ----
+
+@pytest.mark.parametrize("kind", [S.TopKSAE, S.ReLUSAE])
+def test_train_sae_follows_float64_activations(kind):
+    x = _acts(1024, 16).double()
+    sae = kind(16, 64, 4, seed=0) if kind is S.TopKSAE else kind(16, 64, l1=0.05, seed=0)
+    hist = S.train_sae(sae, x, steps=30, batch_size=256, lr=3e-3, seed=5, dead_after=512, resample_every=10,
+                       progress=False)
+    assert all(p.dtype == torch.float64 for p in sae.parameters()) and sae.encode(x).dtype == torch.float64
+    assert hist["mse"][-1] < hist["mse"][0]
+    assert S.evaluate(sae, x)["fve"] > 0
+    with pytest.raises(TypeError, match="acts are torch.float32 but the SAE's parameters are torch.float64"):
+        sae.encode(x.float())
+
+
+def test_an_sae_on_a_float64_torchvision_resnet():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3).double().eval()
+    acts = S.layer_vectors(model, torch.rand(4, 3, 64, 64, dtype=torch.float64), "layer3")
+    assert acts.shape == (4 * 4 * 4, 256) and acts.dtype == torch.float64
+    sae = S.TopKSAE(256, 512, 8)
+    S.train_sae(sae, S.normalize(acts, S.norm_scale(acts)), steps=3, batch_size=32, progress=False)
+    assert sae.W_enc.dtype == torch.float64 and count_hooks(model) == 0
+
+
+def test_a_layer_given_as_a_module_is_named_in_one_line(small_setup):
+    model, ds, sae = small_setup
+    with pytest.raises(ValueError, match="layer 'layer3' outputs") as err, torch.no_grad():
+        with S.splice(model, sae, layer=model.layer3):
+            model(ds.images[:1])
+    assert "\n" not in str(err.value) and count_hooks(model) == 0
+
+
+def test_downstream_refuses_non_finite_images_and_scores(small_setup):
+    import copy
+
+    model, ds, sae = small_setup
+    bad = ds.images[:2].clone()
+    bad[1, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"images holds 1 NaN or inf values \(in images \[1\]\)"):
+        S.downstream(model, sae, bad, ds.labels[:2])
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.fc.bias[0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf scores"):
+        S.downstream(broken, sae, ds.images[:2], ds.labels[:2])
+    assert count_hooks(model) == 0 and count_hooks(broken) == 0

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from helpers.gradients import saliency
 from helpers.hooks import count_hooks
@@ -44,6 +45,138 @@ def test_a_layer_gets_the_same_weights_at_every_step_and_seed_matters(net):
     assert not torch.equal(randomized(net, "fc", seed=1).fc.weight, a.fc.weight)
     # re-initialized as the constructor does: BatchNorm back to identity statistics
     assert torch.equal(b.layer2[0].bn1.running_var, torch.ones(32))
+
+
+# ---- every parameter of a randomized module is re-initialized, on models the course did not build ----
+
+class _ScaledBranch(nn.Module):
+    """A residual branch scaled by a parameter the block holds itself (torchvision's CNBlock.layer_scale)."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        self.layer_scale = nn.Parameter(torch.full((d,), 1e-6))
+
+
+class _TinyViT(nn.Module):
+    """The ViT patterns: tokens held by the model itself, nn.MultiheadAttention, a layer scale."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.embed = nn.Conv2d(3, d, 8, 8)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, d))
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.block = _ScaledBranch(d)
+        self.head = nn.Linear(d, 3)
+
+
+def _trained(model):
+    """A stand-in for training: every parameter moved away from any value an initialization gives."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 + torch.rand(p.shape, generator=g))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_vit():
+    return _trained(_TinyViT())
+
+
+@pytest.fixture(scope="module")
+def tv_convnext():
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+    return _trained(ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 1)], num_classes=3))
+
+
+@pytest.fixture(scope="module")
+def tv_vit():
+    from torchvision.models import VisionTransformer
+    return _trained(VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16,
+                                      mlp_dim=32, num_classes=3))
+
+
+@pytest.fixture(scope="module")
+def timm_vit():
+    import timm
+    return _trained(timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=3))
+
+
+def _assert_randomizes_exactly(model, layers, inside, cascade=True):
+    """Every parameter inside the re-initialized modules changes, every other one does not, and the
+    caller's model is left as it was (compared by name)."""
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    out = randomized(model, layers, cascade=cascade)
+    assert out is not model
+    assert [n for n, p in model.named_parameters() if not torch.equal(p, before[n])] == []
+    new = dict(out.named_parameters())
+    changed = sorted(n for n in before if not torch.equal(new[n], before[n]))
+    assert changed == sorted(n for n in before if inside(n))
+
+
+@pytest.mark.parametrize("layers, cascade, inside", [
+    ("embed", True, lambda n: True),  # the whole cascade: the model's own cls_token and pos_embed too
+    ("attn", True, lambda n: n.startswith(("attn.", "block.", "head."))),
+    ("block", False, lambda n: n.startswith("block.")),
+])
+def test_randomized_reaches_every_parameter_of_a_hand_built_vit(tiny_vit, layers, cascade, inside):
+    _assert_randomizes_exactly(tiny_vit, layers, inside, cascade)
+
+
+@pytest.mark.parametrize("layers, cascade, inside", [
+    ("features", True, lambda n: True),
+    ("features.3", True, lambda n: n.startswith(("features.3.", "classifier."))),
+    ("features.1.0", False, lambda n: n.startswith("features.1.0.")),  # a CNBlock: its layer_scale too
+])
+def test_randomized_reaches_every_parameter_of_torchvisions_convnext(tv_convnext, layers, cascade, inside):
+    _assert_randomizes_exactly(tv_convnext, layers, inside, cascade)
+
+
+@pytest.mark.parametrize("layers, cascade, inside", [
+    ("conv_proj", True, lambda n: True),  # class_token (the model's own) and encoder.pos_embedding too
+    ("encoder", True, lambda n: not n.startswith("conv_proj.") and n != "class_token"),
+    ("encoder.layers.encoder_layer_0", False, lambda n: n.startswith("encoder.layers.encoder_layer_0.")),
+])
+def test_randomized_reaches_every_parameter_of_torchvisions_vit(tv_vit, layers, cascade, inside):
+    _assert_randomizes_exactly(tv_vit, layers, inside, cascade)
+
+
+@pytest.mark.parametrize("layers, cascade, inside", [
+    ("patch_embed", True, lambda n: True),  # cls_token and pos_embed too
+    ("blocks", True, lambda n: not n.startswith("patch_embed.") and n not in ("cls_token", "pos_embed")),
+    ("blocks.0", False, lambda n: n.startswith("blocks.0.")),
+])
+def test_randomized_reaches_every_parameter_of_timms_vit(timm_vit, layers, cascade, inside):
+    _assert_randomizes_exactly(timm_vit, layers, inside, cascade)
+
+
+def test_randomized_refuses_parameters_it_cannot_reinitialize_and_names_them():
+    class Tempered(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.temperature = nn.Parameter(torch.ones(()))
+
+    model = nn.Sequential(nn.Linear(4, 4), Tempered()).eval()
+    with pytest.raises(ValueError, match=r"'1\.temperature'"):
+        randomized(model, "0")
+    assert _changed(model, randomized(model, "1.fc", cascade=False)) == ["1"]  # a module without it is fine
+
+
+def test_randomized_takes_modules_and_names_a_stranger_in_one_line(net):
+    assert torch.equal(randomized(net, net.fc).fc.weight, randomized(net, "fc").fc.weight)
+    with pytest.raises(ValueError, match="not a module of the model") as err:
+        randomized(net, [nn.Sequential(nn.Linear(2, 2), nn.ReLU())])
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
+
+
+def test_randomization_test_refuses_non_finite_images(net):
+    x = torch.rand(2, 3, 32, 32)
+    x[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="x holds 1 NaN"):
+        randomization_test(net, {"identity": lambda m, x, t: x.clone()}, x, 0, steps=["fc"])
 
 
 def test_cascade_steps_of_dermnet(net):
