@@ -68,8 +68,9 @@ def _check_int(value, name: str, low: int = 1) -> int:
 @torch.no_grad()
 def layer_vectors(model: nn.Module, images: torch.Tensor, layer=LAYER, batch_size: int = 256) -> torch.Tensor:
     """``layer``'s output as one vector per spatial position: ``[N * h * w, C]``, in the order
-    (image, row, column), so ``.view(N, h, w, C)`` gives the maps back. In the layer's dtype, on its
-    device, no gradient."""
+    (image, row, column), so ``.view(N, h, w, C)`` gives the maps back. A token layer ``[N, T, C]``
+    (a ViT block) gives one vector per token, ``[N * T, C]`` (``.view(N, T, C)``), prefix tokens
+    included. In the layer's dtype, on its device, no gradient."""
     check_model(model)
     check_input(images, "images", model=model)
     check_batch_size(batch_size)
@@ -82,9 +83,20 @@ def layer_vectors(model: nn.Module, images: torch.Tensor, layer=LAYER, batch_siz
 
 
 def _to_vectors(fmap: torch.Tensor) -> torch.Tensor:
+    """A feature map [B, C, h, w] as [B h w, C]; tokens [B, T, C] as [B T, C]."""
+    if fmap.dim() == 3:
+        return fmap.reshape(-1, fmap.shape[-1])
     if fmap.dim() != 4:
-        raise ValueError(f"expected a feature map [B, C, h, w], got shape {tuple(fmap.shape)}")
+        raise ValueError(f"expected a feature map [B, C, h, w] or tokens [B, T, C], got shape {tuple(fmap.shape)}")
     return fmap.permute(0, 2, 3, 1).reshape(-1, fmap.shape[1])
+
+
+def _from_vectors(vectors: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``_to_vectors`` undone: vectors back in the shape of ``like``."""
+    if like.dim() == 3:
+        return vectors.view(like.shape)
+    b, c, h, w = like.shape
+    return vectors.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
 def norm_scale(acts: torch.Tensor) -> float:
@@ -393,13 +405,12 @@ def _patched(model: nn.Module, sae: _SAE, layer, edit):
     module = resolve_layer(model, layer)
 
     def hook(_module, _inputs, output):
-        if output.dim() != 4 or output.shape[1] != sae.d_in:
+        channels = output.shape[-1] if output.dim() == 3 else output.shape[1] if output.dim() == 4 else None
+        if channels != sae.d_in:
             raise ValueError(f"layer {layer_name(model, layer)} outputs {tuple(output.shape)}; the SAE reads "
                              f"{sae.d_in} channels")
-        b, c, h, w = output.shape
         x = normalize(_to_vectors(output), float(sae.act_scale))
-        new = edit(x) / sae.act_scale
-        return new.view(b, h, w, c).permute(0, 3, 1, 2)
+        return _from_vectors(edit(x) / sae.act_scale, output)
 
     handle = module.register_forward_hook(hook)
     try:

@@ -51,7 +51,7 @@ def _first(out):
 def _sae_codes(model, x):
     acts = S.layer_vectors(model, x, "layer4")
     sae = S.TopKSAE(acts.shape[1], 16, k=2).to(x.device)
-    S.train_sae(sae, acts, steps=3, batch_size=8)
+    S.train_sae(sae, acts, steps=3, batch_size=8, progress=False)
     return S.latent_codes(sae, acts)
 
 

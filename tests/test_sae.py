@@ -401,3 +401,30 @@ def test_downstream_refuses_non_finite_images_and_scores(small_setup):
     with pytest.raises(ValueError, match="NaN or inf scores"):
         S.downstream(broken, sae, ds.images[:2], ds.labels[:2])
     assert count_hooks(model) == 0 and count_hooks(broken) == 0
+
+
+def test_a_vit_token_layer_gives_one_vector_per_token_and_edits_in_place():
+    """A ViT block outputs tokens [B, T, C]: one vector per token, and splice / ablate_latents put
+    the edited tokens back where they were (before, layer_vectors refused anything but a map)."""
+    import timm
+
+    from helpers.hooks import capture
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=3).eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    acts = S.layer_vectors(vit, x, "blocks.0")
+    with capture(vit, "blocks.0") as rec, torch.no_grad():
+        clean = vit(x)
+    assert acts.shape == (2 * 5, 192) and torch.equal(acts.view(2, 5, 192), rec.activation)
+    sae = S.TopKSAE(192, 32, k=4)
+    S.train_sae(sae, acts, steps=3, batch_size=8, progress=False)
+    with torch.no_grad(), S.ablate_latents(vit, sae, [], layer="blocks.0"):
+        same = vit(x)
+    assert torch.allclose(same, clean, atol=1e-5)  # no latent removed: only round-off
+    codes = sae.encode(S.normalize(acts, float(sae.act_scale)))
+    top = int(codes.abs().sum(0).argmax())
+    with torch.no_grad(), S.ablate_latents(vit, sae, [top], layer="blocks.0"):
+        edited = vit(x)
+    assert not torch.allclose(edited, clean, atol=1e-5)
+    assert count_hooks(vit) == 0
