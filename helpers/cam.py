@@ -21,7 +21,7 @@ from torch import nn
 
 from .contract import check_batch_size, check_input, check_model, check_outputs, check_target
 from .deconv import rule_backprop
-from .hooks import capture, resolve_layer
+from .hooks import capture, layer_name, resolve_layer
 
 
 def _prepare(model, x, target):
@@ -30,10 +30,18 @@ def _prepare(model, x, target):
     return x.detach(), check_target(target, x.shape[0], device=x.device)
 
 
-def _check_feature_map(act: torch.Tensor, layer) -> None:
-    if act is None or act.dim() != 4:
-        shape = None if act is None else tuple(act.shape)
-        raise ValueError(f"layer {layer!r} must output a 4-D feature map [B, C, h, w], got {shape}")
+def _check_feature_map(act: torch.Tensor, model, layer) -> None:
+    if act.dim() != 4:
+        hint = ("; for a transformer's tokens [B, T, C], grad_cam, grad_cam_pp and score_cam take "
+                "reshape=helpers.attention.tokens_to_grid") if act.dim() == 3 else ""
+        raise ValueError(f"layer {layer_name(model, layer)} must output a 4-D feature map [B, C, h, w], "
+                         f"got shape {tuple(act.shape)}{hint}")
+
+
+def _reshaper(reshape):
+    if reshape is not None and not callable(reshape):
+        raise TypeError(f"reshape must be a function (tokens -> [B, C, h, w]) or None, got {type(reshape).__name__}")
+    return reshape if reshape is not None else (lambda a: a)
 
 
 def _resize(maps: torch.Tensor, x: torch.Tensor, upsample: bool, mode: str) -> torch.Tensor:
@@ -50,21 +58,17 @@ def layer_activation_and_gradient(model, x, t, layer, reshape=None):
     ``reshape``: a function applied to both the output and its gradient, to turn a layer that
     does not give a feature map into one (a ViT's tokens [B, T, C]: ``helpers.attention.tokens_to_grid``).
     """
-    if reshape is not None and not callable(reshape):
-        raise TypeError(f"reshape must be a function (tokens -> [B, C, h, w]) or None, got {type(reshape).__name__}")
-    shaped = reshape if reshape is not None else (lambda a: a)
+    shaped = _reshaper(reshape)
     for input_grad in (False, True):  # the input needs grad only if nothing below the layer does
         with capture(model, layer, gradient=False) as rec, torch.enable_grad():
             out = model(x.detach().requires_grad_(input_grad))
             check_outputs(out, t)
-            if rec.output is None:
-                _check_feature_map(None, layer)
             act = shaped(rec.activation)
-            _check_feature_map(act, layer)
+            _check_feature_map(act, model, layer)
             if rec.output.requires_grad:
                 (grad,) = torch.autograd.grad(out.gather(1, t[:, None]).sum(), rec.output)
                 return act, shaped(grad)
-    raise ValueError(f"layer {layer!r}: its output does not depend on the input")
+    raise ValueError(f"layer {layer_name(model, layer)}: its output does not depend on the input")
 
 
 def cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", fc="fc", upsample: bool = True,
@@ -80,20 +84,21 @@ def cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", fc="fc", upsa
     """
     x, t = _prepare(model, x, target)
     linear = resolve_layer(model, fc)
+    fc_name, name = layer_name(model, fc), layer_name(model, layer)
     if not isinstance(linear, nn.Linear):
-        raise ValueError(f"fc={fc!r} must name the final nn.Linear layer, got {type(linear).__name__}")
+        raise ValueError(f"fc={fc_name} must name the final nn.Linear layer, got {type(linear).__name__}")
     with capture(model, layer) as rec, torch.no_grad():
         out = model(x)
     check_outputs(out, t)
     act = rec.activation
-    _check_feature_map(act, layer)
+    _check_feature_map(act, model, layer)
     if act.shape[1] != linear.in_features:
-        raise ValueError(f"CAM needs the layer's {act.shape[1]} channels to feed {fc!r} directly through global "
-                         f"average pooling, but {fc!r} takes {linear.in_features} features: this model does not "
+        raise ValueError(f"CAM needs the layer's {act.shape[1]} channels to feed {fc_name} directly through global "
+                         f"average pooling, but {fc_name} takes {linear.in_features} features: this model does not "
                          "have the structure CAM needs (use grad_cam)")
     if linear.out_features != out.shape[1]:
-        raise ValueError(f"fc={fc!r} has {linear.out_features} outputs but the model returns {out.shape[1]} scores: "
-                         "CAM needs the layer that produces the class scores (use grad_cam for other heads)")
+        raise ValueError(f"fc={fc_name} has {linear.out_features} outputs but the model returns {out.shape[1]} "
+                         "scores: CAM needs the layer that produces the class scores (use grad_cam for other heads)")
     weights = linear.weight.detach()[t]  # [B, K]
     maps = torch.einsum("bk,bkhw->bhw", weights, act)[:, None]
     # The identity that makes CAM the score: mean over the grid + bias = the logit. It fails when
@@ -102,7 +107,7 @@ def cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", fc="fc", upsa
     logit = out.gather(1, t[:, None])[:, 0]
     rebuilt = maps.mean((1, 2, 3)) + bias
     if not torch.allclose(rebuilt, logit, rtol=1e-4, atol=1e-4 * (1 + float(logit.abs().max()))):
-        raise ValueError(f"CAM needs {layer!r} to feed {fc!r} through global average pooling alone, but here the "
+        raise ValueError(f"CAM needs {name} to feed {fc_name} through global average pooling alone, but here the "
                          f"mean of the map plus the bias is not the logit (largest gap "
                          f"{float((rebuilt - logit).abs().max()):.3g}): this model does not have the structure CAM "
                          "needs (use grad_cam)")
@@ -130,7 +135,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", relu: bo
 
 
 def grad_cam_pp(model: nn.Module, x: torch.Tensor, target, layer="layer4", upsample: bool = True,
-                mode: str = "bilinear") -> torch.Tensor:
+                mode: str = "bilinear", reshape=None) -> torch.Tensor:
     """Grad-CAM++ (Chattopadhay et al. 2018, arXiv:1710.11063).
 
     With g = d S_c / d A_k(i, j) and the score taken as exp(S_c), the higher derivatives become
@@ -141,9 +146,10 @@ def grad_cam_pp(model: nn.Module, x: torch.Tensor, target, layer="layer4", upsam
         map       = ReLU( sum_k w_k A_k )
 
     Each location gets its own weight, so several instances of a class are not averaged away.
+    ``reshape`` as in ``grad_cam``.
     """
     x, t = _prepare(model, x, target)
-    act, grad = layer_activation_and_gradient(model, x, t, layer)
+    act, grad = layer_activation_and_gradient(model, x, t, layer, reshape)
     g2, g3 = grad.pow(2), grad.pow(3)
     denom = 2 * g2 + act.sum((2, 3), keepdim=True) * g3
     alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)),
@@ -155,12 +161,19 @@ def grad_cam_pp(model: nn.Module, x: torch.Tensor, target, layer="layer4", upsam
 
 def score_cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", batch_size: int = 128,
               upsample: bool = True, mode: str = "bilinear", subtract_baseline: bool = True,
-              align_corners: bool = False, score: str = "probability", return_weights: bool = False):
+              align_corners: bool = False, score: str = "probability", return_weights: bool = False,
+              reshape=None):
     """Score-CAM (Wang et al. 2020, arXiv:1910.01279): no gradients.
 
         H_k   = normalise( upsample(A_k) ) to [0, 1]          (one mask per channel)
         w_k   = p_c(x * H_k) - p_c(0)                          (softmax score increase over black)
         map   = ReLU( sum_k w_k A_k )
+
+    A channel whose map A_k is constant over the layer's grid says nothing about where, and gets a
+    zero mask H_k = 0 (so w_k = 0 with the baseline subtracted): upsampled, such a map varies only by
+    rounding, which normalising would stretch into a mask of noise. Every channel of a 1x1 layer
+    (resnet18's layer4 at 32 px) is constant, so there the map is 0: pick a layer with a grid.
+    pytorch-grad-cam gets the same zero masks there (its upsampling of a 1x1 map is exact).
 
     ``subtract_baseline=False`` uses w_k = p_c(x * H_k), as the authors' released code does; with
     the subtraction (the paper's "increase of confidence"), a model that scores a black image high
@@ -169,35 +182,38 @@ def score_cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", batch_s
     ``align_corners`` is how the activations are upsampled into masks: False as in ``F.interpolate``'s
     default (and Captum), True as pytorch-grad-cam's ``nn.UpsamplingBilinear2d``. ``score="logit"``
     scores a masked input by its class logit instead of its softmax probability: the number
-    pytorch-grad-cam and torchcam compute before they take a softmax over the channels.
+    pytorch-grad-cam and torchcam compute before they take a softmax over the channels. ``reshape``
+    as in ``grad_cam``.
     """
     x, t = _prepare(model, x, target)
     check_batch_size(batch_size)
+    shaped = _reshaper(reshape)
     if score not in ("probability", "logit"):
         raise ValueError(f"score must be 'probability' or 'logit', got {score!r}")
     to_score = (lambda z: z.softmax(1)) if score == "probability" else (lambda z: z)
     with capture(model, layer) as rec, torch.no_grad():
         out = model(x)
     check_outputs(out, t)
-    act = rec.activation
-    _check_feature_map(act, layer)
+    act = shaped(rec.activation)
+    _check_feature_map(act, model, layer)
     b, k = act.shape[:2]
+    varies = (act.amax((2, 3)) > act.amin((2, 3)))[:, :, None, None]  # False: a constant map, a zero mask
     up = F.interpolate(act, size=x.shape[-2:], mode="bilinear", align_corners=align_corners)
     lo, hi = up.amin((2, 3), keepdim=True), up.amax((2, 3), keepdim=True)
-    masks = torch.where(hi > lo, (up - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(up))  # [B, K, H, W]
+    masks = torch.where(varies & (hi > lo), (up - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(up))  # [B,K,H,W]
     scores = torch.empty(b * k, device=x.device, dtype=x.dtype)
     img = torch.arange(b, device=x.device).repeat_interleave(k)
     flat = masks.reshape(b * k, 1, *x.shape[-2:])
     with torch.no_grad():
-        base = to_score(model(torch.zeros_like(x[:1])))[0]  # the black image's score, per class
-        if not subtract_baseline:
-            base = torch.zeros_like(base)
+        black = to_score(model(torch.zeros_like(x[:1])))[0]  # the black image's score, per class
+        base = black if subtract_baseline else torch.zeros_like(black)
         for start in range(0, b * k, batch_size):
             i = img[start:start + batch_size]
             masked = (x[i] * flat[start:start + batch_size]).contiguous(memory_format=torch.channels_last)
             probs = to_score(model(masked))  # channels-last: ~1.8x faster on CPU, same values to ~1e-7
             scores[start:start + batch_size] = probs.gather(1, t[i][:, None])[:, 0] - base[t[i]]
-    weights = scores.view(b, k)
+    # a zero mask makes the black image: its weight is exactly black - base, not up to a batched pass's rounding
+    weights = torch.where(varies[:, :, 0, 0], scores.view(b, k), (black - base)[t][:, None])
     maps = F.relu((weights[:, :, None, None] * act).sum(1, keepdim=True))
     maps = _resize(maps, x, upsample, mode)
     return (maps, weights) if return_weights else maps

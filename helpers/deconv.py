@@ -17,14 +17,17 @@ all three.
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .contract import check_input, check_model, check_outputs, check_target
-from .hooks import resolve_layer
+from .hooks import capture, layer_name, resolve_layer
 from .models import BasicBlock, DermNet, Normalize
 
 RULES = ("gradient", "guided", "deconvnet")
@@ -62,27 +65,96 @@ class _RuleReLU(torch.autograd.Function):
         return relu_backward(ctx.rule, inp, grad_out), None
 
 
+# Rectifiers that are not nn.ReLU modules: the rules cannot reach them, and they pass back the plain
+# gradient (as under Captum's GuidedBackprop and Deconvolution). relu_rule names the ones a forward ran.
+OTHER_ACTIVATIONS = (nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+                     nn.Mish, nn.Hardswish, nn.Softplus)
+FUNCTIONAL_ACTIVATIONS = {
+    torch.relu: "relu", F.relu: "relu", torch.relu_: "relu", torch.Tensor.relu: "relu", torch.Tensor.relu_: "relu",
+    F.relu6: "relu6", F.leaky_relu: "leaky_relu", F.elu: "elu", F.selu: "selu", F.celu: "celu", F.gelu: "gelu",
+    F.silu: "silu", F.mish: "mish", F.hardswish: "hardswish", F.softplus: "softplus"}
+
+
+class _ActivationCalls(TorchFunctionMode):
+    """While active, counts the calls of FUNCTIONAL_ACTIVATIONS made outside an activation module
+    (``inside`` > 0 while one of OTHER_ACTIVATIONS runs: its own F.gelu etc. is not counted again)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.inside, self.modules = Counter(), 0, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.inside == 0 and func in FUNCTIONAL_ACTIVATIONS:
+            self.calls[FUNCTIONAL_ACTIVATIONS[func]] += 1
+        return func(*args, **(kwargs or {}))
+
+    def enter(self, module, inputs):
+        self.inside += 1
+        if module not in self.modules:
+            self.modules.append(module)
+
+    def leave(self, module, inputs, output):
+        self.inside -= 1
+
+
+def _not_reached(model, rule, seen: _ActivationCalls) -> str | None:
+    """The warning for the activations the rule did not reach, or None if there were none."""
+    parts = []
+    if seen.modules:
+        names = ", ".join(f"{layer_name(model, m)} ({type(m).__name__})" for m in seen.modules[:4])
+        more = f" and {len(seen.modules) - 4} more" if len(seen.modules) > 4 else ""
+        parts.append(f"{len(seen.modules)} module{'s' if len(seen.modules) > 1 else ''}: {names}{more}")
+    for f, n in seen.calls.items():
+        parts.append(f"functional {f} called {n} time{'s' if n > 1 else ''} outside an nn.ReLU module")
+    if not parts:
+        return None
+    return (f"the {rule} rule reaches nn.ReLU modules only; these activations are not nn.ReLU modules and "
+            f"passed back the plain gradient: {'; '.join(parts)}")
+
+
 @contextmanager
 def relu_rule(model: nn.Module, rule: str):
     """Inside the block, every ``nn.ReLU`` module of ``model`` passes back by ``rule``.
 
-    Only modules can be overridden: a functional ``torch.relu`` inside a ``forward`` keeps the
-    plain gradient rule, silently (Captum's GuidedBackprop and Deconvolution share that limit).
+    Each ReLU module computes ``_RuleReLU`` instead of its own forward (an attribute of the
+    instance, deleted when the block ends, also when it raises). An in-place ReLU then works out
+    of place, as under Captum's hooks: a forward hook would come too late, after the ReLU has
+    rectified its input and put its own backward (the forward mask) into the graph.
+
+    Only modules can be overridden: an activation that is not an nn.ReLU module (a functional
+    ``torch.relu`` in a ``forward``, mobilenet's nn.Hardswish, a GELU) keeps the plain gradient
+    rule, as under Captum's GuidedBackprop and Deconvolution. For the guided and deconvnet rules
+    a UserWarning names those the forward pass ran (modules by path; functional calls counted by
+    a TorchFunctionMode, ``_ActivationCalls``).
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     if not relus:
-        raise ValueError(f"the {rule} rule overrides nn.ReLU modules, and this model has none "
-                         "(functional relu calls cannot be overridden)")
-    handles = []
+        others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, OTHER_ACTIVATIONS)})
+        held = f"its activations are {', '.join(others)} modules" if others else "functional relu calls"
+        raise ValueError(f"the {rule} rule overrides nn.ReLU modules, and this model has none ({held}, "
+                         "which the rule cannot reach)")
+    if any("forward" in vars(m) for m in relus):
+        raise ValueError("an nn.ReLU module of this model has a forward of its own (is a relu_rule block already "
+                         "open on this model?): relu_rule would replace it")
+    seen, handles = _ActivationCalls(), []
     try:
         for m in relus:
-            handles.append(m.register_forward_hook(lambda mod, inputs, out: _RuleReLU.apply(inputs[0], rule)))
-        yield
+            m.forward = lambda inp: _RuleReLU.apply(inp, rule)
+        for m in model.modules():
+            if isinstance(m, OTHER_ACTIVATIONS):
+                handles += [m.register_forward_pre_hook(seen.enter), m.register_forward_hook(seen.leave)]
+        with seen:
+            yield
     finally:
+        for m in relus:
+            vars(m).pop("forward", None)  # nn.ReLU.forward again
         for h in handles:
             h.remove()
+    message = _not_reached(model, rule, seen) if rule != "gradient" else None
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def _prepare(model, x, target):
@@ -118,10 +190,10 @@ def deconvnet(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     return rule_backprop(model, x, target, "deconvnet")
 
 
-def _unit_index(value, name: str, batch: int) -> torch.Tensor:
+def _unit_index(value, name: str, batch: int, device) -> torch.Tensor:
     if isinstance(value, bool) or not isinstance(value, int | torch.Tensor):
         raise TypeError(f"{name} must be an int or a LongTensor [B], got {type(value).__name__}")
-    t = torch.as_tensor(value).long().reshape(-1)
+    t = torch.as_tensor(value, device=device).long().reshape(-1)
     if t.numel() == 1:
         t = t.expand(batch)
     if t.numel() != batch:
@@ -129,14 +201,15 @@ def _unit_index(value, name: str, batch: int) -> torch.Tensor:
     return t
 
 
-def _check_unit(act: torch.Tensor, layer, channel, ys, xs) -> None:
+def _check_unit(act: torch.Tensor, model, layer, channel, ys, xs) -> None:
+    name = layer_name(model, layer)
     if act.dim() != 4:
-        raise ValueError(f"layer {layer!r} must output a feature map [B, C, h, w], got shape {tuple(act.shape)}")
+        raise ValueError(f"layer {name} must output a feature map [B, C, h, w], got shape {tuple(act.shape)}")
     c, h, w = act.shape[1:]
     if not 0 <= channel < c:
-        raise ValueError(f"channel {channel} is out of range for layer {layer!r} with {c} channels")
+        raise ValueError(f"channel {channel} is out of range for layer {name} with {c} channels")
     if (ys < 0).any() or (ys >= h).any() or (xs < 0).any() or (xs >= w).any():
-        raise ValueError(f"a position (y, x) is outside layer {layer!r}'s {h}x{w} grid")
+        raise ValueError(f"a position (y, x) is outside layer {name}'s {h}x{w} grid")
 
 
 def unit_projection(model: nn.Module, images: torch.Tensor, layer, channel: int, y, x,
@@ -151,22 +224,14 @@ def unit_projection(model: nn.Module, images: torch.Tensor, layer, channel: int,
     check_input(images, "images", model=model)
     if isinstance(channel, bool) or not isinstance(channel, int):
         raise TypeError(f"channel must be an int, got {type(channel).__name__}")
-    module = resolve_layer(model, layer)
-    ys, xs = _unit_index(y, "y", len(images)), _unit_index(x, "x", len(images))
-    seen = []
+    ys, xs = _unit_index(y, "y", len(images), images.device), _unit_index(x, "x", len(images), images.device)
     xg = images.detach().requires_grad_(True)
-    handle = module.register_forward_hook(lambda mod, inputs, out: seen.append(out))
-    try:
-        with relu_rule(model, rule), torch.enable_grad():
-            model(xg)
-    finally:
-        handle.remove()
-    if len(seen) != 1:
-        raise ValueError(f"layer {layer!r} ran {len(seen)} times in one forward pass: pick a module used once")
-    act = seen[0]
-    _check_unit(act, layer, channel, ys, xs)
-    unit = act[torch.arange(len(images)), channel, ys, xs]
-    (grad,) = torch.autograd.grad(unit, xg, grad_outputs=unit.detach())
+    with capture(model, layer, gradient=False) as rec, relu_rule(model, rule), torch.enable_grad():
+        model(xg)
+        act = rec.output  # the layer's own output (capture hands the rest of the model a copy)
+        _check_unit(act, model, layer, channel, ys, xs)
+        unit = act[torch.arange(len(images), device=act.device), channel, ys, xs]
+        (grad,) = torch.autograd.grad(unit, xg, grad_outputs=unit.detach())
     return grad
 
 
@@ -274,9 +339,9 @@ def zeiler_fergus(model: nn.Module, images: torch.Tensor, layer, channel: int, y
     target = resolve_layer(model, layer)
     stop = next((i for i, (_, m) in enumerate(path) if m is target), None)
     if stop is None:
-        raise ValueError(f"layer {layer!r} is not one of the modules zeiler_fergus walks: "
+        raise ValueError(f"layer {layer_name(model, layer)} is not one of the modules zeiler_fergus walks: "
                          f"{[n for n, _ in path]}")
-    ys, xs = _unit_index(y, "y", len(images)), _unit_index(x, "x", len(images))
+    ys, xs = _unit_index(y, "y", len(images), images.device), _unit_index(x, "x", len(images), images.device)
     seen = {}
 
     def record(module, inputs, output):
@@ -298,9 +363,9 @@ def zeiler_fergus(model: nn.Module, images: torch.Tensor, layer, channel: int, y
     finally:
         for handle in handles:
             handle.remove()
-    _check_unit(h, layer, channel, ys, xs)
+    _check_unit(h, model, layer, channel, ys, xs)
     s = torch.zeros_like(h)
-    b = torch.arange(len(images))
+    b = torch.arange(len(images), device=h.device)
     s[b, channel, ys, xs] = h[b, channel, ys, xs]  # keep the unit's activation, zero the rest
     for _, m in reversed(path[:stop + 1]):
         s = _down(m, s, seen)

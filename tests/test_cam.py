@@ -1,17 +1,20 @@
 """helpers.cam: parity with Captum, identities, hand-computed values, and no leaked hooks."""
 
+import copy
 import gc
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from captum.attr import GuidedBackprop, GuidedGradCam, LayerAttribution, LayerGradCam
 from contract_checks import assert_rejects_bad_input, run_without_side_effects
 from torch import nn
 
+from helpers.attention import tokens_to_grid
 from helpers.cam import cam, grad_cam, grad_cam_pp, guided_backprop, guided_grad_cam, score_cam
-from helpers.hooks import count_hooks
+from helpers.hooks import capture, count_hooks, resolve_layer
 
 ATOL = 1e-6
 
@@ -256,3 +259,135 @@ def test_score_cam_logit_scores_match_pytorch_grad_cam(shortcut, batch):
     assert (w.softmax(1) - torch.as_tensor(theirs)).abs().max() <= 1e-6
     with pytest.raises(ValueError, match="score must be"):
         score_cam(shortcut, x, t, score="rank")
+
+
+# ---- models a learner brings ----
+
+@pytest.fixture(scope="module")
+def resnet18():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10).eval()
+
+
+class ConstantChannel(nn.Module):
+    """conv (stride 4) -> ReLU -> GAP -> linear, channel 0 a constant map (zero weights, a bias)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.relu = nn.Conv2d(3, 6, 3, stride=4, padding=1), nn.ReLU()
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(6, 3)
+        with torch.no_grad():
+            self.conv.weight[0] = 0
+            self.conv.bias[0] = 0.1234
+
+    def forward(self, x):
+        return self.fc(self.pool(self.relu(self.conv(x))).flatten(1))
+
+
+def _quiet_score_cam(model, layer, x, targets):
+    """pytorch-grad-cam's ScoreCAM weights, its progress bar silenced."""
+    import tqdm
+    from pytorch_grad_cam import ScoreCAM
+
+    with capture(model, layer) as rec, torch.no_grad():
+        model(x)
+    tqdm_init = tqdm.tqdm.__init__
+    tqdm.tqdm.__init__ = lambda self, *a, **k: tqdm_init(self, *a, **{**k, "disable": True})
+    try:
+        with ScoreCAM(model, [resolve_layer(model, layer)]) as sc:
+            return torch.as_tensor(sc.get_cam_weights(x, None, targets, rec.activation.numpy(), None))
+    finally:
+        tqdm.tqdm.__init__ = tqdm_init
+
+
+def test_score_cam_gives_a_constant_channel_map_a_zero_mask(resnet18):
+    """A map constant over the layer's grid says nothing about where: upsampled, it varies only by
+    rounding (~1e-7), and stretching that to [0, 1] made a mask of noise. Every channel of a 1x1
+    layer is constant: resnet18's layer4 at 32 px."""
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model = ConstantChannel().eval()
+    _, w = score_cam(model, x, [0, 2], "relu", return_weights=True)
+    assert (w[:, 0] == 0).all() and (w[:, 1:] != 0).all()  # p_c(x * 0) - p_c(0) = 0
+    _, w = score_cam(model, x, [0, 2], "pool", return_weights=True)  # a 1x1 layer: every channel constant
+    assert (w == 0).all()
+    _, w = score_cam(resnet18, x, [1, 2], "layer4", return_weights=True)
+    assert (w == 0).all()
+    # pytorch-grad-cam upsamples a 1x1 map exactly (align_corners=True), so it already gets zero masks
+    _, w = score_cam(resnet18, x, [1, 2], "layer4", subtract_baseline=False, score="logit", return_weights=True)
+    theirs = _quiet_score_cam(resnet18, "layer4", x, [lambda o, c=c: o[c] for c in (1, 2)])
+    assert (w.softmax(1) - theirs).abs().max() <= 1e-6
+    assert count_hooks(resnet18) == 0
+
+
+class Tokens(nn.Module):
+    """A ViT's pattern: patches -> tokens [B, 1 + h*w, C] (CLS first) -> a block -> mean -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch, self.block, self.head = nn.Conv2d(3, 8, 8, stride=8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], 1)
+        return self.head(F.gelu(self.block(tokens)).mean(1))
+
+
+@pytest.mark.parametrize("name", ["tokens", "torchvision_vit"])
+def test_a_token_layer_gets_told_about_tokens_to_grid(name):
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    if name == "tokens":
+        model, layer = Tokens().eval(), "block"
+    else:  # torchvision's VisionTransformer, two small layers
+        torch.manual_seed(0)
+        model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                                     hidden_dim=16, mlp_dim=32, num_classes=3).eval()
+        layer = "encoder.layers.encoder_layer_0"
+    head = "head" if name == "tokens" else "heads.head"
+    for method in (grad_cam, grad_cam_pp, score_cam, lambda *a: cam(*a, fc=head)):
+        with pytest.raises(ValueError, match="4-D feature map") as err:
+            method(model, x, 1, layer)
+        assert "reshape=helpers.attention.tokens_to_grid" in str(err.value) and len(str(err.value)) < 400
+    for method in (grad_cam, grad_cam_pp, score_cam):  # the fix the message names works
+        maps = method(model, x, 1, layer, reshape=tokens_to_grid)
+        assert maps.shape == (2, 1, 32, 32) and torch.isfinite(maps).all()
+    assert count_hooks(model) == 0
+
+
+def test_errors_name_a_module_layer_in_one_line(resnet18):
+    x = torch.rand(1, 3, 64, 64)
+    checks = [
+        (lambda: grad_cam(resnet18, x, 0, resnet18.fc), "layer 'fc' must output a 4-D"),
+        (lambda: grad_cam_pp(resnet18, x, 0, resnet18.fc), "layer 'fc' must output a 4-D"),
+        (lambda: score_cam(resnet18, x, 0, resnet18.fc), "layer 'fc' must output a 4-D"),
+        (lambda: cam(resnet18, x, 0, layer=resnet18.fc), "layer 'fc' must output a 4-D"),
+        (lambda: cam(resnet18, x, 0, layer=resnet18.layer3, fc=resnet18.fc), "channels to feed 'fc' directly"),
+        (lambda: cam(resnet18, x, 0, fc=resnet18.layer4), "fc='layer4' must name"),
+        (lambda: grad_cam(resnet18, x, 0, resnet18.layer1[0].relu), "'layer1.0.relu' ran 2 times"),
+    ]
+    for call, match in checks:
+        with pytest.raises(ValueError, match=match) as err:
+            call()
+        assert len(str(err.value)) < 300, str(err.value)
+    assert count_hooks(resnet18) == 0
+
+
+def test_dermnet_gets_no_warning(shortcut, batch):
+    x, t = batch[0][:2], batch[1][:2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        guided_grad_cam(shortcut, x, t, "layer4")  # guided backprop and Grad-CAM
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_on_the_gpu(shortcut, batch):
+    """Every tensor a method makes follows x's device: the GPU result is the CPU one (no TF32)."""
+    gpu, x = copy.deepcopy(shortcut).cuda(), batch[0][:2]
+    for name in METHODS:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            ours = METHODS[name](gpu, x.cuda(), [0, 1])
+        on_cpu = METHODS[name](shortcut, x, [0, 1])
+        assert ours.device.type == "cuda" and ours.dtype == x.dtype
+        assert (ours.cpu() - on_cpu).abs().max() <= 1e-4 * on_cpu.abs().max(), name

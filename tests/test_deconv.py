@@ -1,9 +1,13 @@
 """helpers.deconv: the three ReLU rules, the deconvnet (vs Captum), one unit projected by hand and by
 autograd, the conditions under which the two agree, and transposed convolution by hand."""
 
+import copy
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from captum.attr import Deconvolution, GuidedBackprop, NeuronDeconvolution, Saliency
 from contract_checks import assert_rejects_bad_input, run_without_side_effects
 from torch import nn
@@ -21,17 +25,54 @@ from helpers.deconv import (
     zeiler_fergus,
 )
 from helpers.exercises import check_conv_transpose, check_deconvnet_class_question
-from helpers.hooks import count_hooks
+from helpers.hooks import capture, count_hooks
 
 ATOL = 1e-6
 
 
-def _plain_net(pool=None, seed=0):
+def _plain_net(pool=None, seed=0, inplace=False):
     """conv -> relu -> max-pool -> conv -> relu -> conv -> relu: Zeiler & Fergus's kind of network."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), pool or nn.MaxPool2d(2),
-                         nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 6, 3, padding=1), nn.ReLU()).eval()
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace), pool or nn.MaxPool2d(2),
+                         nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace),
+                         nn.Conv2d(8, 6, 3, padding=1), nn.ReLU(inplace)).eval()
+
+
+class SharedInPlaceReLU(nn.Module):
+    """torchvision's BasicBlock pattern: one ReLU(inplace=True) called twice, and ``out += x``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv0, self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), \
+            nn.Conv2d(4, 4, 3, padding=1)
+        self.relu, self.pool, self.fc = nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.conv0(x)))
+        out = self.conv2(self.relu(self.conv1(x)))
+        out += x
+        return self.fc(self.relu(out).mean((2, 3)))
+
+
+def _seeded(factory, **kwargs):
+    torch.manual_seed(0)
+    return factory(**kwargs).eval()
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    return _seeded(torchvision.models.resnet18, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def vgg11():
+    return _seeded(torchvision.models.vgg11, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
 def test_relu_backward_rules_by_hand():
@@ -112,7 +153,8 @@ def test_the_conditions_where_autograd_and_the_hand_built_deconvnet_part():
     torch.manual_seed(0)
     model = FunctionalReLU().eval()
     # the rule reaches the nn.ReLU module only: the functional relu keeps the forward mask, for us and Captum
-    ours = deconvnet(model, x, 1)
+    with pytest.warns(UserWarning, match="functional relu called 1 time outside an nn.ReLU module"):
+        ours = deconvnet(model, x, 1)
     assert (ours - Deconvolution(model).attribute(x.clone(), target=1)).abs().max() <= ATOL
     with pytest.raises(ValueError, match="nn.ReLU modules"):
         deconvnet(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(392, 2)).eval(), x, 0)
@@ -170,6 +212,188 @@ def test_relu_rule_removes_its_hooks_when_the_model_raises(shortcut):
         with relu_rule(shortcut, "deconvnet"):
             raise RuntimeError("midway")
     assert count_hooks(shortcut) == 0
+
+
+# ---- models a learner brings: in-place ReLUs, other activations, layers passed as modules ----
+
+def _relu_state(model):
+    return [(name, m.inplace, "forward" in vars(m)) for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
+
+
+def _strongest_unit(model, x, layer):
+    """(channel, y, x) of the unit of ``layer`` whose smallest activation over the batch is largest."""
+    with capture(model, layer) as rec, torch.no_grad():
+        model(x)
+    low = rec.activation.amin(0)
+    assert low.max() > 0
+    c, y, x_ = torch.unravel_index(low.argmax(), low.shape)
+    return int(c), int(y), int(x_)
+
+
+@pytest.mark.parametrize("name", ["plain", "shared", "resnet18", "vgg11"])
+def test_the_rules_match_captum_on_in_place_relus(request, images, name):
+    """An in-place ReLU has rectified its input before a forward hook sees it: replacing its output
+    there left the ReLU's own backward (the forward mask) in the graph, and the deconvnet came out
+    as guided backprop. Every torchvision CNN has in-place ReLUs (resnet18 shares one per block)."""
+    model = {"plain": lambda: nn.Sequential(*_plain_net(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval(),
+             "shared": lambda: SharedInPlaceReLU().eval(),
+             "resnet18": lambda: request.getfixturevalue("resnet18"),
+             "vgg11": lambda: request.getfixturevalue("vgg11")}[name]()
+    x, t = images[:, :, :32, :32] if name in ("plain", "shared") else images, torch.tensor([1, 2])
+    before = _relu_state(model)
+    assert any(inplace for _, inplace, _ in before)
+    theirs = Deconvolution(model).attribute(x.clone(), target=t)
+    ours = deconvnet(model, x, t)
+    assert (ours - theirs).abs().max() <= 1e-6 * theirs.abs().max()
+    theirs_guided = GuidedBackprop(model).attribute(x.clone(), target=t)
+    guided = guided_backprop(model, x, t)
+    assert (guided - theirs_guided).abs().max() <= 1e-6 * theirs_guided.abs().max()
+    assert not torch.equal(ours, guided)
+    assert _relu_state(model) == before and count_hooks(model) == 0
+
+
+def test_unit_projection_matches_captum_on_resnet18(resnet18, images):
+    c, y, x = _strongest_unit(resnet18, images, "layer3")
+    theirs = NeuronDeconvolution(resnet18, resnet18.layer3).attribute(images.clone(), neuron_selector=(c, y, x))
+    with capture(resnet18, "layer3") as rec, torch.no_grad():
+        resnet18(images)
+    ours = unit_projection(resnet18, images, "layer3", c, y, x)
+    value = rec.activation[:, c, y, x]
+    assert (ours - value[:, None, None, None] * theirs).abs().max() <= 1e-5 * ours.abs().max()
+
+
+@pytest.mark.parametrize("name", ["plain", "vgg11"])
+def test_zeiler_fergus_equals_unit_projection_with_in_place_relus(vgg11, images, name):
+    net, layer = (_plain_net(inplace=True), "7") if name == "plain" else (vgg11.features, "19")
+    before = _relu_state(net)
+    unit = _strongest_unit(net, images, layer)
+    by_hand = zeiler_fergus(net, images, layer, *unit)
+    by_autograd = unit_projection(net, images, layer, *unit)
+    scale = by_hand.abs().max()
+    assert scale > 0
+    assert (by_hand - by_autograd).abs().max() <= 1e-5 * scale
+    assert _relu_state(net) == before and count_hooks(net) == 0
+
+
+def test_relu_rule_leaves_nothing_behind_when_the_model_raises(resnet18, images):
+    images = images[:1, :, :32, :32]
+    before = _relu_state(resnet18)
+    for rule in RULES:
+        with pytest.raises(RuntimeError, match="midway"):
+            with relu_rule(resnet18, rule):
+                resnet18(images)
+                raise RuntimeError("midway")
+        assert _relu_state(resnet18) == before and count_hooks(resnet18) == 0
+    with pytest.raises(ValueError, match="out of range"):
+        deconvnet(resnet18, images, 10)
+    assert _relu_state(resnet18) == before and count_hooks(resnet18) == 0
+    with torch.no_grad():
+        plain = resnet18(images)
+    with relu_rule(resnet18, "deconvnet"), torch.no_grad():  # the forward pass computes what it did
+        assert torch.equal(resnet18(images), plain)
+        with pytest.raises(ValueError, match="already open"):  # a second block would undo the first on exit
+            with relu_rule(resnet18, "guided"):
+                pass
+    assert _relu_state(resnet18) == before and count_hooks(resnet18) == 0
+
+
+class OtherActivations(nn.Module):
+    """An nn.ReLU, an nn.Hardswish module and two functional relus: the rules reach the first only."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
+        self.relu, self.act, self.fc = nn.ReLU(), nn.Hardswish(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.act(self.conv2(self.relu(self.conv1(x))))).mean((2, 3)).relu())
+
+
+def _our_warnings(call):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        call()
+    return [str(w.message) for w in seen if "not nn.ReLU modules" in str(w.message)]
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+def test_activations_the_rule_does_not_reach_are_named(images, rule):
+    x = images[:, :, :12, :12]
+    model = OtherActivations().eval()
+    (message,) = _our_warnings(lambda: rule_backprop(model, x, 1, rule))
+    assert "'act' (Hardswish)" in message and "functional relu called 2 times" in message
+    assert "'relu'" not in message
+    assert _our_warnings(lambda: rule_backprop(model, x, 1, "gradient")) == []  # the chain rule is theirs too
+    assert count_hooks(model) == 0
+
+
+def test_mobilenet_and_densenet_activations_are_named(images):
+    efficientnet = _seeded(torchvision.models.efficientnet_b0, num_classes=10)  # SiLU only
+    with pytest.raises(ValueError, match="has none .its activations are SiLU modules"):
+        deconvnet(efficientnet, images, 1)
+    mobilenet = _seeded(torchvision.models.mobilenet_v3_small, num_classes=10)
+    (message,) = _our_warnings(lambda: deconvnet(mobilenet, images, 1))
+    assert "Hardswish" in message and "'features.0.2'" in message and len(message) < 600
+    # torchvision's DenseNet (densenet121's code, two one-layer blocks) ends its forward in F.relu
+    densenet = _seeded(torchvision.models.DenseNet, growth_rate=8, block_config=(1, 1), num_init_features=8,
+                       num_classes=10)
+    (message,) = _our_warnings(lambda: guided_backprop(densenet, images, 1))
+    assert "functional relu called 1 time " in message
+    assert count_hooks(mobilenet) == count_hooks(densenet) == 0
+
+
+def test_dermnet_gets_no_warning(shortcut, batch):
+    x, t = batch[0][:2], batch[1][:2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for rule in RULES:
+            rule_backprop(shortcut, x, t, rule)
+        unit_projection(shortcut, x, "layer3", 2, 1, 1)
+
+
+def test_errors_name_a_module_layer_in_one_line(resnet18, shortcut, images):
+    checks = [
+        (lambda: unit_projection(resnet18, images, resnet18.layer4, 9999, 0, 0), "channel 9999 .*'layer4'"),
+        (lambda: unit_projection(resnet18, images, resnet18.layer4, 0, 5, 0), "outside layer 'layer4'"),
+        (lambda: unit_projection(resnet18, images, resnet18.fc, 0, 0, 0), "layer 'fc' must output"),
+        (lambda: unit_projection(resnet18, images, resnet18.layer1[0].relu, 0, 0, 0), "'layer1.0.relu' ran 2 times"),
+        (lambda: zeiler_fergus(shortcut, images, shortcut.layer4[0], 0, 0, 0), "'layer4.0' is not one of"),
+    ]
+    for call, match in checks:
+        with pytest.raises(ValueError, match=match) as err:
+            call()
+        assert len(str(err.value)) < 300, str(err.value)
+    assert count_hooks(resnet18) == 0
+
+
+def test_a_layer_that_did_not_run(resnet18, images):
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.spare = resnet18, nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.net(x)
+
+    with pytest.raises(ValueError, match="'spare' did not run"):
+        unit_projection(Unused().eval(), images, "spare", 0, 0, 0)
+    assert count_hooks(resnet18) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_on_the_gpu(shortcut, batch):
+    """Every tensor a method makes follows x's device: the GPU result is the CPU one (no TF32)."""
+    gpu, x = copy.deepcopy(shortcut).cuda(), batch[0][:2]
+    ys = torch.tensor([1, 2])
+    calls = [lambda m, x: deconvnet(m, x, 1), lambda m, x: unit_projection(m, x, "layer3", 2, ys, 1),
+             lambda m, x: zeiler_fergus(m, x, "layer3", 2, ys, 1)]
+    for call in calls:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            ours = call(gpu, x.cuda())
+        on_cpu = call(shortcut, x)
+        assert ours.device.type == "cuda" and ours.dtype == x.dtype
+        assert (ours.cpu() - on_cpu).abs().max() <= 1e-4 * on_cpu.abs().max()
 
 
 def test_checkers_name_the_slips():
