@@ -44,9 +44,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .contract import check_batch_size, check_input, check_model, check_target
+from .contract import check_batch_size, check_finite, check_input, check_model, check_outputs, check_target
 from .data import CLASSES, make_dataset
-from .hooks import capture, resolve_layer
+from .hooks import capture, layer_name, resolve_layer
 
 # the concept sets; "veil" is the legitimate melanoma cue, the control that should matter
 CONCEPTS = ("ruler", "ink", "hair", "corners", "veil", "dark_skin", "light_skin")
@@ -79,8 +79,8 @@ def skin_tone(ds) -> torch.Tensor:
         skin &= ~ds.masks[name]
     w = skin[:, None].float()
     mean = (ds.images * w).sum((2, 3)) / w.sum((2, 3)).clamp_min(1)
-    axis = _DARK_RGB - _LIGHT_RGB
-    return ((mean - _LIGHT_RGB) @ axis) / (axis @ axis)
+    light, axis = _LIGHT_RGB.to(mean), (_DARK_RGB - _LIGHT_RGB).to(mean)
+    return ((mean - light) @ axis) / (axis @ axis)
 
 
 def veil_share(ds, offset: float = 0.0) -> torch.Tensor:
@@ -114,7 +114,7 @@ def artifacts(ds) -> dict:
 
 def _clean(ds, keep=()) -> torch.Tensor:
     """Images that show no artifact except those in ``keep``."""
-    ok = torch.ones(len(ds), dtype=torch.bool)
+    ok = torch.ones(len(ds), dtype=torch.bool, device=ds.images.device)
     for name, present in artifacts(ds).items():
         if name not in keep:
             ok &= ~present
@@ -243,7 +243,8 @@ def layer_activations(model: nn.Module, layer, images: torch.Tensor, batch_size:
 def layer_gradients(model: nn.Module, layers, images: torch.Tensor, target, batch_size: int = 256) -> dict:
     """``{layer: (activations [N, D], gradients [N, D])}``: each layer's flattened output and the
     gradient of the ``target`` logit with respect to it, for every layer in one forward and one
-    backward pass per batch (the backward stops at the lowest layer)."""
+    backward pass per batch (the backward stops at the lowest layer). A NaN or inf ``target`` logit
+    is refused: its gradient would score as if it meant something."""
     check_model(model)
     layers = [layers] if isinstance(layers, str | nn.Module) else list(layers)
     if not layers:
@@ -262,8 +263,7 @@ def layer_gradients(model: nn.Module, layers, images: torch.Tensor, target, batc
             x = images[i:i + batch_size].detach().contiguous(memory_format=torch.channels_last)
             z = model(x.requires_grad_(True))
             tb = t[i:i + batch_size].to(z.device)
-            if int(tb.max()) >= z.shape[1]:
-                raise ValueError(f"target {int(tb.max())} is out of range for a model with {z.shape[1]} outputs")
+            check_outputs(z, tb)  # [B, K], the target below K, finite scores
             score = z.gather(1, tb[:, None]).sum()
             gs = torch.autograd.grad(score, [r.output for r in recs])
         for layer, rec, g in zip(layers, recs, gs):
@@ -280,7 +280,7 @@ def _as_acts(acts, name: str) -> torch.Tensor:
     if acts.shape[0] < 3:
         raise ValueError(f"{name} has {acts.shape[0]} rows: a CAV needs at least 3 examples per side "
                          "(two to train on, one held out)")
-    return acts
+    return check_finite(acts, name)
 
 
 def train_cav(concept_acts: torch.Tensor, random_acts: torch.Tensor, seed: int = 0, *, ridge: float = 0.01,
@@ -309,8 +309,8 @@ def train_cav(concept_acts: torch.Tensor, random_acts: torch.Tensor, seed: int =
     for x, label in ((c, 1.0), (r, -1.0)):
         order = torch.randperm(len(x), generator=g)
         k = max(1, int(test_fraction * len(x)))
-        test.append((x[order[:k]], torch.full((k,), label, dtype=torch.float64)))
-        train.append((x[order[k:]], torch.full((len(x) - k,), label, dtype=torch.float64)))
+        test.append((x[order[:k]], torch.full((k,), label, dtype=torch.float64, device=x.device)))
+        train.append((x[order[k:]], torch.full((len(x) - k,), label, dtype=torch.float64, device=x.device)))
     x_tr = torch.cat([a for a, _ in train])
     y_tr = torch.cat([b for _, b in train])
     mu, y_mean = x_tr.mean(0), y_tr.mean()
@@ -318,7 +318,7 @@ def train_cav(concept_acts: torch.Tensor, random_acts: torch.Tensor, seed: int =
     xc32 = xc.float()
     gram = (xc32 @ xc32.T).double()  # the one large product, in float32 (4x faster; the inputs are float32)
     lam = ridge * float(gram.diagonal().mean()) + 1e-12
-    coef = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), y_tr - y_mean)
+    coef = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device), y_tr - y_mean)
     w = xc.T @ coef
     norm = w.norm()
     if not torch.isfinite(norm) or norm == 0:
@@ -344,15 +344,16 @@ def sensitivities(gradients: torch.Tensor, cavs: torch.Tensor) -> torch.Tensor:
 
 def tcav_score(model: nn.Module, layer, cav, images: torch.Tensor, target) -> float:
     """The TCAV score: the fraction of ``images`` whose directional derivative of the ``target``
-    logit along ``cav`` at ``layer`` is > 0."""
+    logit along ``cav`` at ``layer`` is > 0. A model whose ``target`` logit is NaN or inf is refused."""
     if not isinstance(cav, torch.Tensor):
         raise TypeError(f"cav must be a torch.Tensor [D], got {type(cav).__name__}")
     if cav.dim() != 1:
         raise ValueError(f"cav must be a vector [D], got shape {tuple(cav.shape)}")
     _, grads = layer_gradients(model, [layer], images, target)[layer]
     if grads.shape[1] != cav.numel():
-        raise ValueError(f"cav has {cav.numel()} entries; layer {layer!r} has {grads.shape[1]} activations per image")
-    return float((sensitivities(grads, cav.detach().float()) > 0).float().mean())
+        raise ValueError(f"cav has {cav.numel()} entries; layer {layer_name(model, layer)} has {grads.shape[1]} "
+                         "activations per image")
+    return float((sensitivities(grads, cav.detach()) > 0).float().mean())
 
 
 # ---- the statistical test ----
@@ -435,7 +436,7 @@ def tcav_experiment(model: nn.Module, layers, concepts: dict, random_image_sets,
     Returns ``{(concept, layer): result}`` with the keys of ``tcav_test``.
     """
     check_model(model)
-    layers = [layers] if isinstance(layers, str) else list(layers)
+    layers = [layers] if isinstance(layers, str | nn.Module) else list(layers)
     if not layers:
         raise ValueError("layers is empty")
     for layer in layers:
@@ -644,6 +645,7 @@ def captum_reference(model: nn.Module, layer: str, concept_sets: dict, pairs, im
 
     check_model(model)
     resolve_layer(model, layer)
+    check_input(images, "images", model)
     names = list(concept_sets)
     concepts = {name: Concept(i, name, torch.utils.data.DataLoader(concept_sets[name], batch_size=256))
                 for i, name in enumerate(names)}

@@ -5,9 +5,16 @@
     top_activating     the k images of a set that excite a channel most, and where
     receptive_field    the input box a unit at (y, x) of a layer can see, from the architecture
     crop_boxes         those boxes cut out of the images, resized to one size for a grid
+    as_grid            how they all read a layer: [B, C, h, w]; tokens [B, T, C] with channels last
 
 An objective maps what the model computed on a batch of images to one score per image; the
 visualization maximizes it. Objectives combine: ``class_logit(4) + 0.5 * channel("layer4", 7)``.
+
+Every helper reads a layer as a grid of channels (``as_grid``): a CNN's feature map ``[B, C, h, w]``
+as it is; a token layer ``[B, T, C]`` (a ViT block) with its channels last, as a T x 1 grid whose
+position (y, 0) is token y; a vector ``[B, C]`` as a 1 x 1 grid. A layer must run exactly once in a
+forward pass (a module called twice, such as torchvision's shared ReLU, is refused).
+
 Every hook lives inside a ``with`` block and is removed even when the model raises; the model's
 parameters keep their ``requires_grad`` and get no ``.grad``.
 """
@@ -21,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import check_batch_size, check_input, check_model
-from .hooks import resolve_layer
+from .contract import check_batch_size, check_input, check_model, check_scores
+from .hooks import did_not_run, layer_name, ran_more_than_once, resolve_layer
 
 # ---- objectives ----
 
@@ -31,7 +38,7 @@ class Objective:
     """A score per image, computed from the recorded layer outputs and the model's logits.
 
     ``fn(outputs, logits) -> [n]`` where ``outputs`` maps each layer in ``layers`` to its output.
-    ``check(model, outputs)`` validates the objective against the model once, before optimizing.
+    ``check(model, outputs, logits)`` validates the objective against the model once, before optimizing.
     """
 
     def __init__(self, fn, layers=(), name: str = "objective", checks=()):
@@ -40,9 +47,9 @@ class Objective:
     def __call__(self, outputs: dict, logits: torch.Tensor) -> torch.Tensor:
         return self.fn(outputs, logits)
 
-    def check(self, outputs: dict, logits: torch.Tensor) -> None:
+    def check(self, model: nn.Module, outputs: dict, logits: torch.Tensor) -> None:
         for check in self.checks:
-            check(outputs, logits)
+            check(model, outputs, logits)
 
     def __add__(self, other):
         if isinstance(other, int | float) and not isinstance(other, bool):
@@ -71,21 +78,56 @@ class Objective:
         return f"Objective({self.name})"
 
 
+def as_grid(output: torch.Tensor) -> torch.Tensor:
+    """A layer's output as a grid of channels ``[B, C, h, w]`` (a view, no copy): a feature map as it
+    is; a token layer ``[B, T, C]`` as ``[B, C, T, 1]`` (channel c is entry c of every token's vector,
+    position (y, 0) is token y, the CLS token first in a timm ViT); a vector ``[B, C]`` as
+    ``[B, C, 1, 1]``. (A 4-D output with its channels last, as inside a torchvision ConvNeXt block
+    or a Swin stage, cannot be told from a feature map: pick the module after the permute.)"""
+    if output.dim() == 4:
+        return output
+    if output.dim() == 3:
+        return output.transpose(1, 2)[..., None]
+    if output.dim() == 2:
+        return output[..., None, None]
+    raise ValueError(f"a layer output of shape {tuple(output.shape)} is not a feature map [B, C, h, w], "
+                     "tokens [B, T, C] or a vector [B, C]")
+
+
+def _shape(output) -> str:
+    """How the helpers read ``output``, for messages."""
+    if output.dim() == 3:
+        return f"{output.shape[1]} tokens of {output.shape[2]} channels (a token layer [B, T, C]: channels last)"
+    return f"output {tuple(output.shape[1:])}"
+
+
+def _check_layer(layer):
+    def check(model, outputs, logits):
+        out = outputs[layer]
+        if not isinstance(out, torch.Tensor) or not 2 <= out.dim() <= 4:
+            what = tuple(out.shape) if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+            raise ValueError(f"layer {layer_name(model, layer)} outputs {what}, not a feature map [B, C, h, w], "
+                             "tokens [B, T, C] or a vector [B, C]")
+    return check
+
+
 def _check_channel(layer, c):
-    def check(outputs, logits):
+    def check(model, outputs, logits):
         act = outputs[layer]
-        if act.dim() < 2 or not 0 <= c < act.shape[1]:
-            raise ValueError(f"channel {c} is out of range for layer {layer!r} with output "
-                             f"{tuple(act.shape[1:])} (channels 0..{act.shape[1] - 1})")
+        n = as_grid(act).shape[1]
+        if not 0 <= c < n:
+            raise ValueError(f"channel {c} is out of range for layer {layer_name(model, layer)} with "
+                             f"{_shape(act)} (channels 0..{n - 1})")
     return check
 
 
-def _check_grid(layer, what):
-    def check(outputs, logits):
-        if outputs[layer].dim() != 4:
-            raise ValueError(f"{what} needs a layer with a spatial grid [B, C, h, w]; layer {layer!r} outputs "
-                             f"{tuple(outputs[layer].shape)}")
-    return check
+def _check_position(model, layer, output, y, x):
+    h, w = as_grid(output).shape[-2:]
+    if output.dim() == 3 and not (0 <= y < h and x == 0):
+        raise ValueError(f"position (y={y}, x={x}) is outside layer {layer_name(model, layer)}'s {h} tokens: "
+                         "on a token layer [B, T, C] the position is (token, 0)")
+    if not (0 <= y < h and 0 <= x < w):
+        raise ValueError(f"position (y={y}, x={x}) is outside layer {layer_name(model, layer)}'s {h}x{w} grid")
 
 
 def _int(value, name):
@@ -95,31 +137,36 @@ def _int(value, name):
 
 
 def channel(layer, c: int) -> Objective:
-    """The mean activation of channel ``c`` of ``layer`` over its spatial positions."""
+    """The mean activation of channel ``c`` of ``layer`` over its positions (over its tokens, for a
+    token layer [B, T, C], whose channels are the last axis)."""
     _int(c, "channel")
-    return Objective(lambda o, z: o[layer][:, c].flatten(1).mean(1), [layer], f"channel({layer!r}, {c})",
-                     [_check_channel(layer, c)])
+    return Objective(lambda o, z: as_grid(o[layer])[:, c].flatten(1).mean(1), [layer],
+                     f"channel({layer_name(None, layer)}, {c})", [_check_layer(layer), _check_channel(layer, c)])
 
 
 def neuron(layer, c: int, y: int, x: int) -> Objective:
-    """One neuron: channel ``c`` of ``layer`` at position (y, x) of its grid."""
+    """One neuron: channel ``c`` of ``layer`` at position (y, x) of its grid (at token y, with x = 0,
+    for a token layer [B, T, C])."""
     for v, n in ((c, "channel"), (y, "y"), (x, "x")):
         _int(v, n)
 
-    def check_position(outputs, logits):
-        h, w = outputs[layer].shape[-2:]
-        if not (0 <= y < h and 0 <= x < w):
-            raise ValueError(f"position (y={y}, x={x}) is outside layer {layer!r}'s {h}x{w} grid")
+    def check_position(model, outputs, logits):
+        if outputs[layer].dim() == 2:
+            raise ValueError(f"neuron needs a layer with a spatial grid [B, C, h, w] or tokens [B, T, C]; "
+                             f"layer {layer_name(model, layer)} outputs {tuple(outputs[layer].shape)}: "
+                             "use channel(layer, c)")
+        _check_position(model, layer, outputs[layer], y, x)
 
-    return Objective(lambda o, z: o[layer][:, c, y, x], [layer], f"neuron({layer!r}, {c}, {y}, {x})",
-                     [_check_grid(layer, "neuron"), _check_channel(layer, c), check_position])
+    return Objective(lambda o, z: as_grid(o[layer])[:, c, y, x], [layer],
+                     f"neuron({layer_name(None, layer)}, {c}, {y}, {x})",
+                     [_check_layer(layer), check_position, _check_channel(layer, c)])
 
 
 def class_logit(c: int) -> Objective:
     """The logit of class ``c`` (Simonyan et al. 2014's class model, with an L2 penalty in ``visualize``)."""
     _int(c, "class")
 
-    def check(outputs, logits):
+    def check(model, outputs, logits):
         if not 0 <= c < logits.shape[1]:
             raise ValueError(f"class {c} is out of range for a model with {logits.shape[1]} outputs")
 
@@ -129,46 +176,74 @@ def class_logit(c: int) -> Objective:
 def direction(layer, vector) -> Objective:
     """A direction in ``layer``'s activation space: the mean over positions of <a(y, x), v> / |v|.
 
-    ``vector`` has one entry per channel (``[C]``: the same direction at every position, as a CAV
-    or an SAE latent read at each position), or the shape of one image's whole activation
-    (``[C, h, w]`` or ``[C*h*w]``: a direction in the flattened space).
+    ``vector`` has one entry per channel (``[C]``: the same direction at every position, or every
+    token, as a CAV or an SAE latent read at each position), or the shape of one image's whole
+    activation (``[C, h, w]``, ``[T, C]`` or flattened: a direction in the space that
+    ``concepts.layer_activations`` flattens, as a CAV trained on it).
     """
     v = torch.as_tensor(vector, dtype=torch.float32).detach()
     if v.norm() == 0 or not torch.isfinite(v).all():
         raise ValueError("vector must be finite and not all zero")
     v = v / v.norm()
 
+    def per_channel(act):
+        return v.dim() == 1 and v.numel() == as_grid(act).shape[1]
+
     def score(o, z):
         act = o[layer]
-        if v.numel() == act.shape[1] and v.dim() == 1:
-            return torch.einsum("bc...,c->b...", act, v.to(act)).flatten(1).mean(1)
+        if per_channel(act):
+            return torch.einsum("bc...,c->b...", as_grid(act), v.to(act)).flatten(1).mean(1)
         return act.flatten(1) @ v.flatten().to(act)
 
-    def check(outputs, logits):
+    def check(model, outputs, logits):
         act = outputs[layer]
-        if not (v.dim() == 1 and v.numel() == act.shape[1]) and v.numel() != act[0].numel():
-            raise ValueError(f"vector has shape {tuple(v.shape)}; layer {layer!r} outputs {tuple(act.shape[1:])}: "
-                             f"give one entry per channel ({act.shape[1]}) or one per activation ({act[0].numel()})")
+        if not per_channel(act) and v.numel() != act[0].numel():
+            raise ValueError(f"vector has shape {tuple(v.shape)}; layer {layer_name(model, layer)} has {_shape(act)}: "
+                             f"give one entry per channel ({as_grid(act).shape[1]}) or one per activation "
+                             f"({act[0].numel()})")
 
-    return Objective(score, [layer], f"direction({layer!r})", [check])
+    return Objective(score, [layer], f"direction({layer_name(None, layer)})", [_check_layer(layer), check])
+
+
+class _Outputs(dict):
+    """``{layer: what its hook kept}`` for one forward pass; ``run(x)`` makes that pass."""
+
+    def __init__(self, model, layers):
+        super().__init__()
+        self.model, self.calls = model, dict.fromkeys(layers, 0)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """``model(x)``, after which every layer has run exactly once (else the error that says so)."""
+        self.clear()
+        self.calls = dict.fromkeys(self.calls, 0)
+        logits = self.model(x)
+        for layer, calls in self.calls.items():
+            if calls == 0:
+                raise did_not_run(self.model, layer)
+            if calls > 1:
+                raise ran_more_than_once(self.model, layer, calls)
+        return logits
 
 
 @contextmanager
-def _recording(model, layers):
-    """Forward hooks that keep each layer's live output (for gradients); always removed."""
-    modules = {name: resolve_layer(model, name) for name in dict.fromkeys(layers)}
-    outputs, handles = {}, []
+def _recording(model, layers, keep=lambda output: output):
+    """Forward hooks that put ``keep(output)`` of each layer's first call in a dict, the live output
+    by default (for gradients); ``outputs.run(x)`` runs the model and checks each layer ran once.
+    The hooks are removed when the block ends, also when it raises."""
+    outputs = _Outputs(model, list(dict.fromkeys(layers)))
+    modules = [(layer, resolve_layer(model, layer)) for layer in outputs.calls]
 
-    def hook_for(name):
+    def hook_for(layer):
         def hook(module, inputs, output):
-            if name in outputs:
-                raise ValueError(f"layer {name!r} ran twice in one forward pass; use a module that runs once")
-            outputs[name] = output
+            outputs.calls[layer] += 1
+            if outputs.calls[layer] == 1:
+                outputs[layer] = keep(output)
         return hook
 
+    handles = []
     try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(hook_for(name)))
+        for layer, module in modules:
+            handles.append(module.register_forward_hook(hook_for(layer)))
         yield outputs
     finally:
         for h in handles:
@@ -181,11 +256,12 @@ def colour_correlation_sqrt(images: torch.Tensor) -> torch.Tensor:
     """The square root (via SVD) of the colour covariance of ``images`` [N, 3, H, W], scaled so its
     largest column norm is 1: lucid's ``color_correlation_svd_sqrt``, measured on DermSynth
     rather than taken from ImageNet."""
+    check_input(images, "images")
     pixels = images.permute(1, 0, 2, 3).reshape(3, -1).double()
     cov = torch.cov(pixels)
     u, s, _ = torch.linalg.svd(cov)
     sqrt = u @ torch.diag(s.sqrt())
-    return (sqrt / sqrt.norm(dim=0).max()).float()
+    return (sqrt / sqrt.norm(dim=0).max()).to(images.dtype)
 
 
 def fft_scale(size: int, decay: float = 1.0) -> torch.Tensor:
@@ -201,7 +277,7 @@ def fft_image(spectrum: torch.Tensor, size: int, decay: float = 1.0) -> torch.Te
     """Fourier parameterization: real/imaginary parts ``[n, 3, size, size//2+1, 2]`` to pixels
     ``[n, 3, size, size]`` (before colour decorrelation and the sigmoid): irfft2 of the scaled
     spectrum, divided by 4 (lucid's constant, which keeps the start away from saturation)."""
-    scaled = torch.view_as_complex(spectrum.contiguous()) * fft_scale(size, decay).to(spectrum.device)
+    scaled = torch.view_as_complex(spectrum.contiguous()) * fft_scale(size, decay).to(spectrum)
     return torch.fft.irfft2(scaled, s=(size, size), norm="ortho") / 4.0
 
 
@@ -222,12 +298,12 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
 
 
 def diversity(outputs: torch.Tensor) -> torch.Tensor:
-    """Mean pairwise cosine similarity of the images' Gram matrices at a layer (lucid's diversity):
-    a penalty that pushes a batch of visualizations apart."""
+    """Mean pairwise cosine similarity of the images' channel Gram matrices at a layer (lucid's
+    diversity): a penalty that pushes a batch of visualizations apart."""
     n = outputs.shape[0]
     if n < 2:
         return outputs.new_zeros(())
-    flat = outputs.flatten(2)
+    flat = as_grid(outputs).flatten(2)
     gram = F.normalize((flat @ flat.transpose(1, 2)).flatten(1), dim=1)
     sim = gram @ gram.T
     return (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))
@@ -277,15 +353,18 @@ def visualize(model: nn.Module, objective: Objective, *, size: int = 64, steps: 
         raise TypeError("transforms must be 'default', None or a callable")
     if blur_every and param != "pixel":
         raise ValueError("blur_every applies to param='pixel' (blur the pixels, not the spectrum)")
+    if colour is not None and not torch.isfinite(colour).all():
+        raise ValueError("colour holds NaN or inf values: pass a finite 3x3 matrix (colour_correlation_sqrt)")
     layers = list(objective.layers) + ([diversity_layer] if diversity_layer is not None else [])
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     history = []
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(seed)
         if param == "fft":
-            params = (0.01 * torch.randn(n, 3, size, size // 2 + 1, 2, device=device)).requires_grad_(True)
+            params = (0.01 * torch.randn(n, 3, size, size // 2 + 1, 2, device=device, dtype=dtype)).requires_grad_()
         else:
-            params = (0.01 * torch.randn(n, 3, size, size, device=device)).requires_grad_(True)
+            params = (0.01 * torch.randn(n, 3, size, size, device=device, dtype=dtype)).requires_grad_()
         opt = torch.optim.Adam([params], lr=lr)
 
         def image():
@@ -294,13 +373,14 @@ def visualize(model: nn.Module, objective: Objective, *, size: int = 64, steps: 
 
         with _recording(model, layers) as outputs:
             for step in range(steps):
-                outputs.clear()
                 img = image()
                 view = transforms(img) if transforms is not None else img
-                logits = model(view.contiguous(memory_format=torch.channels_last))  # ~15% faster on CPU
+                logits = outputs.run(view.contiguous(memory_format=torch.channels_last))  # ~15% faster on CPU
                 if step == 0:
-                    objective.check(outputs, logits)
-                score = objective(outputs, logits)
+                    objective.check(model, outputs, logits)
+                    if diversity_layer is not None:
+                        _check_layer(diversity_layer)(model, outputs, logits)
+                score = check_scores(objective(outputs, logits), f"the objective {objective.name}")
                 loss = -score.mean()
                 if l2:
                     loss = loss + l2 * (img - 0.5).pow(2).flatten(1).sum(1).mean()
@@ -332,8 +412,9 @@ def top_activating(model: nn.Module, layer, channel: int, images: torch.Tensor, 
     and where: ``(image_index, y, x, value)``, each a tensor of length k, by value descending.
 
     One position per image (its maximum), so the k images are distinct. The channel's map is kept,
-    never the whole layer, so memory stays small over thousands of images. For a layer without a
-    grid ([B, C]), y = x = 0.
+    never the whole layer, so memory stays small over thousands of images. The layer is read as a
+    grid (``as_grid``): for a token layer [B, T, C] the channels are the last axis and y is the token
+    (x = 0); for a layer without positions ([B, C]), y = x = 0.
     """
     check_model(model)
     check_input(images, "images", model=model)
@@ -342,82 +423,91 @@ def top_activating(model: nn.Module, layer, channel: int, images: torch.Tensor, 
     _int(k, "k")
     if not 1 <= k <= images.shape[0]:
         raise ValueError(f"k must be between 1 and the number of images ({images.shape[0]}), got {k}")
-    module = resolve_layer(model, layer)
+
+    def keep(output):  # the channel's map [B, h*w] and the grid's width
+        _check_layer(layer)(model, {layer: output}, None)
+        _check_channel(layer, channel)(model, {layer: output}, None)
+        grid = as_grid(output)
+        return grid[:, channel].detach().flatten(1), grid.shape[-1]
+
     maps = []
-
-    def hook(mod, inputs, output):
-        if not 0 <= channel < output.shape[1]:
-            raise ValueError(f"channel {channel} is out of range for layer {layer!r} with "
-                             f"{output.shape[1]} channels")
-        maps.append(output[:, channel].detach().reshape(output.shape[0], -1) if output.dim() == 4
-                    else output[:, channel].detach().reshape(-1, 1))
-        shape.append(output.shape)
-
-    shape = []
-    handle = module.register_forward_hook(hook)
     was_training = model.training
     model.eval()
     try:
-        for i in range(0, len(images), batch_size):
-            model(images[i:i + batch_size].contiguous(memory_format=torch.channels_last))
+        with _recording(model, [layer], keep) as outputs:
+            for i in range(0, len(images), batch_size):
+                outputs.run(images[i:i + batch_size].contiguous(memory_format=torch.channels_last))
+                maps.append(outputs[layer][0])
     finally:
-        handle.remove()
         model.train(was_training)
-    flat = torch.cat(maps)  # [N, h*w]
-    best, where = flat.max(1)
+    best, where = torch.cat(maps).max(1)  # [N]: each image's maximum, and where in [h*w]
+    check_scores(best, f"channel {channel} of layer {layer_name(model, layer)}")
     value, index = best.topk(k)
-    w = shape[0][-1] if len(shape[0]) == 4 else 1
+    w = outputs[layer][1]
     pos = where[index]
     return index, pos // w, pos % w, value
 
 
 @torch.no_grad()
-def receptive_field(model: nn.Module, layer, y: int, x: int, image_size: int = 64):
+def receptive_field(model: nn.Module, layer, y: int, x: int, image_size: int = 64, *, batch_size: int = 32):
     """The input box ``(top, left, bottom, right)`` (bottom/right exclusive, clipped to the image)
-    that the unit at (y, x) of ``layer`` can see.
+    that the unit at (y, x) of ``layer`` can see; on a token layer [B, T, C], (y, 0) is token y.
 
     Found from the architecture, not from a table: a NaN placed in one input row spreads through
     every convolution, pooling and residual branch to exactly the positions that row can reach,
-    whatever the weights (0 x NaN is NaN). One batched forward pass with one NaN row per image and
-    one with one NaN column per image give, for each layer row and column, the input rows and
-    columns it depends on. (A global pooling layer sees the whole image.)
+    whatever the weights (0 x NaN is NaN). Probe r (r < image_size) is a grey image whose row r is
+    NaN, probe image_size + c one whose column c is NaN, and a last, all-grey probe checks that the
+    unit is finite without them. They give the input rows and columns the unit depends on. (A
+    global pooling layer, or a token after attention, sees the whole image.)
+
+    batch_size  probes per forward pass (the answer does not depend on it): memory grows with it,
+                and larger batches run somewhat faster on a CPU
     """
     check_model(model)
     for v, n in ((y, "y"), (x, "x"), (image_size, "image_size")):
         _int(v, n)
-    module = resolve_layer(model, layer)
+    check_batch_size(batch_size)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    seen = []
-    handle = module.register_forward_hook(lambda mod, inputs, output: seen.append(output.detach()))
+    size = image_size
+    pos = torch.arange(size, device=device)
+
+    def probes(ks):  # probe k: row k NaN (k < size), else column k - size NaN (none for the last one)
+        nan = (ks[:, None, None] == pos[:, None]) | (ks[:, None, None] - size == pos[None, :])  # [b, S, S]
+        grey = torch.full((len(ks), 3, size, size), 0.5, dtype=dtype, device=device)
+        return grey.masked_fill(nan[:, None], float("nan"))
+
+    def keep(output):  # where the layer is not finite [b, h, w], and its shape (a tensor without data)
+        _check_layer(layer)(model, {layer: output}, None)
+        return (~torch.isfinite(as_grid(output))).any(1), torch.empty_like(output, device="meta")
+
+    hits = []
     was_training = model.training
     model.eval()
     try:
-        probe = torch.full((2 * image_size, 3, image_size, image_size), 0.5, dtype=dtype, device=device)
-        idx = torch.arange(image_size)
-        probe[idx, :, idx, :] = float("nan")  # image r: row r is NaN
-        probe[image_size + idx, :, :, idx] = float("nan")  # image image_size + c: column c is NaN
-        model(probe)
+        with _recording(model, [layer], keep) as outputs:
+            for ks in torch.arange(2 * size + 1, device=device).split(batch_size):
+                outputs.run(probes(ks).contiguous(memory_format=torch.channels_last))  # faster on CPU
+                hits.append(outputs[layer][0])
     finally:
-        handle.remove()
         model.train(was_training)
-    out = seen[0]
-    if out.dim() != 4:
-        return 0, 0, image_size, image_size
-    h, w = out.shape[-2:]
-    if not (0 <= y < h and 0 <= x < w):
-        raise ValueError(f"position (y={y}, x={x}) is outside layer {layer!r}'s {h}x{w} grid")
-    hit = torch.isnan(out).any(1)  # [2 S, h, w]
-    rows = torch.nonzero(hit[:image_size, y, x])[:, 0]
-    cols = torch.nonzero(hit[image_size:, y, x])[:, 0]
+    _check_position(model, layer, outputs[layer][1], y, x)
+    hit = torch.cat(hits)[:, y, x]  # [2 S + 1]
+    if hit[-1]:
+        raise ValueError(f"layer {layer_name(model, layer)} is NaN or inf at (y={y}, x={x}) on a grey image: "
+                         "the model is not finite (check its weights), so no receptive field can be traced")
+    rows = torch.nonzero(hit[:size])[:, 0]
+    cols = torch.nonzero(hit[size:-1])[:, 0]
     if len(rows) == 0 or len(cols) == 0:
-        raise ValueError(f"the unit at (y={y}, x={x}) of layer {layer!r} does not depend on the input")
+        raise ValueError(f"the unit at (y={y}, x={x}) of layer {layer_name(model, layer)} does not depend on "
+                         "the input")
     return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
 
 
 def crop_boxes(images: torch.Tensor, boxes, size: int = 32) -> torch.Tensor:
     """Cut each box ``(top, left, bottom, right)`` out of its image and resize it to ``size`` pixels
     (bilinear): ``[k, 3, size, size]``, ready for ``viz.image_grid``."""
+    check_input(images, "images")
     if len(boxes) != len(images):
         raise ValueError(f"got {len(boxes)} boxes for {len(images)} images")
     crops = []

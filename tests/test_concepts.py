@@ -2,11 +2,14 @@
 
 import os
 import random
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 from scipy.stats import ttest_ind
+from torch import nn
 
 from helpers.concepts import (
     CONCEPTS,
@@ -31,6 +34,7 @@ from helpers.concepts import (
 )
 from helpers.data import MEL, make_dataset
 from helpers.hooks import count_hooks
+from helpers.models import load_dermnet
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +301,101 @@ def test_ink_question_checks_its_answers():
 
     result = check_ink_question("yes", False)
     assert not result and "shortcut_uses_ink must be True or False" in result.message
+
+
+# ---- models a learner brings (issue 25) ----
+
+class _Learners(nn.Module):
+    """A conv the model holds but its forward never calls (as googlenet's aux1 in eval mode)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.spare, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).relu().mean((2, 3)))
+
+
+def _seeded(factory, **kwargs):
+    torch.manual_seed(0)
+    return factory(**kwargs).eval()
+
+
+@pytest.fixture(scope="module")
+def four():
+    return torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_module_that_never_runs_is_named(four):
+    googlenet = _seeded(torchvision.models.googlenet, num_classes=10, aux_logits=True, init_weights=False)
+    x = four[:2, :, :32, :32]
+    for model, layer in ((_seeded(_Learners), "spare"), (googlenet, "aux1")):
+        for call in (partial(layer_activations, model, layer, x), partial(layer_gradients, model, layer, x, 0),
+                     partial(tcav_score, model, layer, torch.ones(10), x, 0),
+                     partial(relative_tcav, model, layer, x, x, x, 0)):
+            with pytest.raises(ValueError, match=f"layer '{layer}' did not run in the forward pass"):
+                call()
+        n = len(list(model.parameters()))
+        assert _state(model) == (False, [True] * n, [None] * n, 0)
+
+
+def test_a_layer_given_as_a_module_is_named_in_one_line(four):
+    resnet50 = _seeded(torchvision.models.resnet50, num_classes=10)
+    assert len(repr(resnet50.layer4)) > 2000
+    x = four[:, :, :32, :32]
+    with pytest.raises(ValueError, match="cav has 10 entries; layer 'layer4' has") as error:
+        tcav_score(resnet50, resnet50.layer4, torch.ones(10), x[:2], 0)
+    assert len(str(error.value)) < 300
+    # a module object is one layer, not the list of its children
+    out = tcav_experiment(resnet50, resnet50.layer4, {"c": x[:3]}, [x[1:], x[:3]], x[:2], 0)
+    assert list(out) == [("c", resnet50.layer4)] and out[("c", resnet50.layer4)]["cavs"].shape == (2, 2048)
+    assert count_hooks(resnet50) == 0
+
+
+class _NaNLogits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+        with torch.no_grad():
+            self.fc.bias.fill_(float("nan"))
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_non_finite_input_or_scores_get_a_clear_error(four):
+    resnet18 = _seeded(torchvision.models.resnet18, num_classes=10)
+    with torch.no_grad():
+        resnet18.fc.bias.fill_(float("nan"))
+    for model, layer in ((_seeded(_NaNLogits), "conv"), (resnet18, "layer4")):
+        with pytest.raises(ValueError, match=r"returned NaN or inf scores for images \[0, 1, 2, 3\]"):
+            tcav_score(model, layer, torch.ones(layer_activations(model, layer, four[:1]).shape[1]), four, 0)
+        with pytest.raises(ValueError, match="NaN or inf scores"):
+            layer_gradients(model, layer, four, 0)
+        assert count_hooks(model) == 0 and all(p.grad is None for p in model.parameters())
+    bad = four.clone()
+    bad[2, 1, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="images holds 1 NaN or inf"):
+        layer_activations(resnet18, "layer4", bad)
+    with pytest.raises(ValueError, match="images holds 1 NaN or inf"):
+        captum_reference(resnet18, "layer4", {"a": four, "b": four}, [("a", "b")], bad, 0)
+    acts = torch.randn(6, 5)
+    bad_acts = acts.clone()
+    bad_acts[4, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"concept_acts holds 1 NaN or inf values \(in images \[4\]\)"):
+        train_cav(bad_acts, acts)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_concept_helpers_run_on_the_gpu(shortcut, small_sets):
+    concept, randoms, mel = small_sets
+    model = load_dermnet("shortcut").cuda()
+    acts = layer_activations(model, "layer3", concept.cuda())
+    assert acts.is_cuda and torch.allclose(acts.cpu(), layer_activations(shortcut, "layer3", concept), atol=1e-4)
+    a, g = layer_gradients(model, "layer3", mel.cuda(), MEL)["layer3"]
+    assert a.is_cuda and g.is_cuda
+    cav, acc = train_cav(acts, layer_activations(model, "layer3", randoms[0].cuda()))
+    assert cav.is_cuda
+    assert 0 <= tcav_score(model, "layer3", cav, mel.cuda(), MEL) <= 1
+    result = tcav_test(model, "layer3", concept.cuda(), [r.cuda() for r in randoms], mel.cuda(), MEL)
+    assert 0 <= result["score_mean"] <= 1

@@ -1,7 +1,12 @@
 """helpers.featurevis: objectives, visualize, dataset search, receptive fields."""
 
+import math
+from functools import partial
+
 import pytest
+import timm
 import torch
+import torchvision
 from torch import nn
 
 from helpers.data import MEL
@@ -19,7 +24,7 @@ from helpers.featurevis import (
     top_activating,
     visualize,
 )
-from helpers.hooks import count_hooks
+from helpers.hooks import count_hooks, count_passes
 
 
 def _plain_net():
@@ -171,3 +176,226 @@ def test_fourier_parameterization_and_ascent_match_lucent(shortcut, batch):
     assert all(p.grad is None for p in shortcut.parameters())
     ours = visualize(shortcut, channel("layer4", 3), steps=5, n=2, seed=0, transforms=None, colour=colour)
     assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+# ---- models a learner brings (issue 25): shared modules, unused modules, token layers, sizes ----
+
+class _Learners(nn.Module):
+    """One ReLU module called twice (as torchvision's BasicBlock calls its ``relu``), and a conv the
+    model holds but its forward never calls (as inception_v3's AuxLogits in eval mode)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.relu, self.spare, self.fc = nn.ReLU(), nn.Conv2d(4, 4, 1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.conv2(self.relu(self.conv1(x)))).mean((2, 3)))
+
+
+class _Tokens(nn.Module):
+    """A ViT in miniature: 8x8 patches -> tokens [B, T, C] (token t is patch (t // 8, t % 8) at 64 px)
+    -> a per-token linear ``block`` -> the mean token -> ``head``."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch, self.block, self.head = nn.Conv2d(3, 6, 8, stride=8), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.block(self.patch(x).flatten(2).transpose(1, 2)).mean(1))
+
+
+def _seeded(factory, **kwargs):
+    torch.manual_seed(0)
+    return factory(**kwargs).eval()
+
+
+@pytest.fixture(scope="module")
+def learners():
+    return _seeded(_Learners)
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return _seeded(_Tokens)
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    return _seeded(torchvision.models.resnet18, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return _seeded(timm.create_model, model_name="vit_tiny_patch16_224", pretrained=False, img_size=64,
+                   num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def six():
+    return torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def _layer_output(model, layer, x):
+    """The layer's output, by a plain forward hook (the brute-force reference)."""
+    seen = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_a_module_that_runs_twice_is_refused(learners, resnet18, six):
+    """torchvision's BasicBlock calls one ReLU module twice: each helper that records it refuses."""
+    assert len(_layer_output(resnet18, "layer4.1.relu", six[:2])) == 2
+    for model, layer in ((learners, "relu"), (resnet18, "layer4.1.relu")):
+        for call in (partial(top_activating, model, layer, 3, six, k=3),
+                     partial(receptive_field, model, layer, 0, 0, image_size=32, batch_size=16),
+                     partial(visualize, model, channel(layer, 0), steps=1, size=32)):
+            with pytest.raises(ValueError, match=f"layer '{layer}' ran 2 times in one forward pass"):
+                call()
+        assert count_hooks(model) == 0 and not model.training
+
+
+def test_a_module_that_never_runs_is_named(learners, six):
+    """A module the model holds but does not call: one message from every helper."""
+    googlenet = _seeded(torchvision.models.googlenet, num_classes=10, aux_logits=True, init_weights=False)
+    for model, layer in ((learners, "spare"), (googlenet, "aux1")):
+        for call in (partial(top_activating, model, layer, 0, six[:2, :, :32, :32], k=1),
+                     partial(receptive_field, model, layer, 0, 0, image_size=32, batch_size=2),
+                     partial(visualize, model, channel(layer, 0), steps=1, size=32),
+                     partial(visualize, model, class_logit(0), steps=1, size=32, diversity_layer=layer,
+                             diversity_weight=1.0)):
+            with pytest.raises(ValueError, match=f"layer '{layer}' did not run in the forward pass"):
+                call()
+        assert count_hooks(model) == 0 and all(p.grad is None for p in model.parameters())
+
+
+def test_a_token_layer_has_its_channels_last(tokens, vit, six):
+    """A ViT block outputs [B, T, C]: channel c is entry c of every token, the position is the token."""
+    for model, layer, c, n_channels in ((tokens, "block", 4, 6), (vit, "blocks.5", 100, 192)):
+        (out,) = _layer_output(model, layer, six)
+        assert out.dim() == 3 and out.shape[-1] == n_channels
+        index, y, x, value = top_activating(model, layer, c, six, k=3, batch_size=4)
+        best, token = out[..., c].max(1)
+        expected = best.topk(3)
+        assert torch.equal(index, expected.indices) and torch.equal(value, expected.values)
+        assert torch.equal(y, token[index]) and torch.equal(x, torch.zeros_like(x))
+        last = n_channels - 1
+        with pytest.raises(ValueError, match=rf"channel {n_channels} is out of range .* \(channels 0..{last}\)"):
+            top_activating(model, layer, n_channels, six, k=1)
+        # visualize maximizes the channel's mean over tokens: with lr=0 the image is the start image
+        img, history = visualize(model, channel(layer, c), steps=1, lr=0.0, transforms=None, return_history=True)
+        (at_start,) = _layer_output(model, layer, img)
+        assert history[0] == pytest.approx(float(at_start[0, :, c].mean()), abs=1e-6)
+        one = neuron(layer, c, 2, 0)({layer: out}, None)
+        assert torch.equal(one, out[:, 2, c])
+        v = torch.randn(n_channels, generator=torch.Generator().manual_seed(1))
+        along = direction(layer, v)
+        along.check(model, {layer: out}, None)
+        assert torch.allclose(along({layer: out}, None), (out @ (v / v.norm())).mean(1), atol=1e-6)
+        with pytest.raises(ValueError, match=r"position \(y=0, x=1\) is outside"):
+            visualize(model, neuron(layer, c, 0, 1), steps=1)
+        assert count_hooks(model) == 0
+
+
+def test_a_token_sees_its_patch(tokens, vit):
+    """receptive_field on tokens: position (y, 0) is token y; a patch token sees its patch, a token
+    after attention sees the whole image."""
+    for t in (0, 9, 63):
+        assert receptive_field(tokens, "block", t, 0, batch_size=32) == (8 * (t // 8), 8 * (t % 8),
+                                                                         8 * (t // 8) + 8, 8 * (t % 8) + 8)
+    for t in (0, 6):  # timm's patch_embed: 16 px patches, 4x4 of them at 64 px
+        assert receptive_field(vit, "patch_embed", t, 0, batch_size=64) == (16 * (t // 4), 16 * (t % 4),
+                                                                             16 * (t // 4) + 16, 16 * (t % 4) + 16)
+    assert receptive_field(vit, "blocks.0", 3, 0, batch_size=64) == (0, 0, 64, 64)
+    with pytest.raises(ValueError, match=r"outside layer 'blocks.0'.*17 tokens"):
+        receptive_field(vit, "blocks.0", 17, 0, batch_size=64)
+
+
+def test_receptive_field_is_the_same_for_every_batch_size(resnet18):
+    net = _plain_net()
+    units = [(0, 0), (3, 5), (7, 7)]
+    expected = [receptive_field(net, "3", y, x, image_size=32) for y, x in units]
+    for batch_size in (1, 7, 65, 1000):
+        assert [receptive_field(net, "3", y, x, image_size=32, batch_size=batch_size) for y, x in units] == expected
+    with count_passes(net) as passes:
+        receptive_field(net, "3", 3, 5, image_size=32, batch_size=7)
+    assert passes.forward_calls == math.ceil(passes.forward_images / 7) and passes.forward_images >= 64
+    boxes = {bs: receptive_field(resnet18, "layer2", 1, 2, image_size=32, batch_size=bs) for bs in (13, 128)}
+    assert boxes[13] == boxes[128] == receptive_field(resnet18, "layer2", 1, 2, image_size=32)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        receptive_field(net, "3", 0, 0, batch_size=0)
+
+
+def test_a_layer_given_as_a_module_is_named_in_one_line():
+    resnet50 = _seeded(torchvision.models.resnet50, num_classes=10)
+    layer4 = resnet50.layer4
+    assert len(repr(layer4)) > 2000
+    x = torch.rand(2, 3, 32, 32)
+    calls = (lambda: top_activating(resnet50, layer4, 5000, x, k=1),
+             lambda: receptive_field(resnet50, layer4, 3, 0, image_size=16),
+             lambda: visualize(resnet50, channel(layer4, 5000), steps=1, size=32),
+             lambda: visualize(resnet50, neuron(layer4, 0, 5, 0), steps=1, size=32),
+             lambda: visualize(resnet50, direction(layer4, torch.ones(7)), steps=1, size=32))
+    for call in calls:
+        with pytest.raises(ValueError, match="layer 'layer4'") as error:
+            call()
+        assert len(str(error.value)) < 300
+    assert len(repr(channel(layer4, 3))) < 100
+
+
+class _NaNAfter(nn.Module):
+    def forward(self, x):
+        return x * float("nan")
+
+
+def test_non_finite_input_or_scores_get_a_clear_error(six):
+    net = nn.Sequential(_plain_net(), _NaNAfter()).eval()
+    bad = six.clone()
+    bad[1, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="images holds 1 NaN"):
+        top_activating(net, "0", 0, bad, k=1)
+    with pytest.raises(ValueError, match="images holds 1 NaN"):
+        colour_correlation_sqrt(bad)
+    with pytest.raises(ValueError, match="images holds 1 NaN"):
+        crop_boxes(bad, [(0, 0, 8, 8)] * 6)
+    with pytest.raises(ValueError, match="colour holds NaN or inf"):
+        visualize(net, class_logit(0), steps=1, colour=torch.tensor([[float("nan"), 0, 0], [0, 1, 0], [0, 0, 1]]))
+    # a model whose layer (or logits) are NaN on finite images
+    broken = _seeded(torchvision.models.resnet18, num_classes=10)
+    with torch.no_grad():
+        broken.layer4[1].bn2.bias.fill_(float("nan"))
+    for model, layer in ((net, "1"), (broken, "layer4")):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            top_activating(model, layer, 0, six, k=1)
+        with pytest.raises(ValueError, match="NaN or inf"):
+            visualize(model, channel(layer, 0), steps=1, size=32)
+        with pytest.raises(ValueError, match="NaN or inf"):
+            receptive_field(model, layer, 0, 0, image_size=16)
+        assert count_hooks(model) == 0
+
+
+def test_helpers_follow_the_models_dtype(six):
+    """float64 models and images give float64 results (no tensor made in float32 on the side)."""
+    net = _plain_net().double()
+    x = six.double()
+    img = visualize(net, channel("3", 1), steps=2, colour=colour_correlation_sqrt(x))
+    assert img.dtype == torch.float64
+    assert top_activating(net, "3", 1, x, k=2)[3].dtype == torch.float64
+    assert receptive_field(net, "3", 2, 2, image_size=32) == receptive_field(_plain_net(), "3", 2, 2, image_size=32)
+    assert colour_correlation_sqrt(x).dtype == torch.float64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_helpers_run_on_the_gpu(six):
+    for model, layer in ((_plain_net().cuda(), "3"), (_seeded(_Tokens).cuda(), "block")):
+        x = six.cuda()
+        index, y, xx, value = top_activating(model, layer, 1, x, k=2)
+        assert index.is_cuda and value.is_cuda
+        assert receptive_field(model, layer, 1, 0, image_size=64) == receptive_field(model.cpu(), layer, 1, 0)
+        model.cuda()
+        assert visualize(model, channel(layer, 1), steps=2, colour=colour_correlation_sqrt(x)).is_cuda
