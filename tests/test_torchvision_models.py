@@ -3,6 +3,8 @@ that are not CAM-shaped, aliases and NumPy targets. Each test reproduces one pat
 hand-built model and, where the pattern comes from torchvision, on the torchvision model itself
 (random weights, 64 px)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -277,3 +279,423 @@ def test_score_cam_matches_pytorch_grad_cam_with_their_recipe(resnet18, images):
     assert (_minmax(ours) - _minmax(_their_map(theirs_w, act))).abs().max() < 1e-5
     default = score_cam(resnet18, images, t, "layer3", upsample=False, subtract_baseline=False)
     assert not torch.allclose(_minmax(default), _minmax(ours), atol=1e-5)  # the choice matters
+
+
+# ================================================================================================
+# The matrix: every public method on the models learners bring
+# ================================================================================================
+# resnet18 (in-place ReLUs used twice per block), densenet121 (concatenation, functional ReLU),
+# convnext_tiny (LayerNorm, GELU, layer scale) and a timm ViT (tokens, no ReLU), random weights,
+# two 64-px images. Each cell is one of: parity with the reference library, "runs" (right shape,
+# finite), or a clear error. After every call: no hook, no parameter .grad, no changed mode,
+# requires_grad, weight, buffer or input.
+
+import timm  # noqa: E402
+from captum.attr import (  # noqa: E402
+    Deconvolution,
+    GradientShap,
+    GuidedBackprop,
+    InputXGradient,
+    IntegratedGradients,
+    KernelShap,
+    LayerActivation,
+    Lime,
+    NeuronDeconvolution,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+)
+from captum.metrics import infidelity as captum_infidelity  # noqa: E402
+from captum.metrics import sensitivity_max as captum_sensitivity_max  # noqa: E402
+
+from helpers import attention as A  # noqa: E402
+from helpers import cam as CAM  # noqa: E402
+from helpers import concepts as C  # noqa: E402
+from helpers import deconv as D  # noqa: E402
+from helpers import evaluation as E  # noqa: E402
+from helpers import featurevis as FV  # noqa: E402
+from helpers import gradients as G  # noqa: E402
+from helpers import perturbation as P  # noqa: E402
+from helpers import sae as S  # noqa: E402
+from helpers import sanity as SN  # noqa: E402
+
+MATRIX_MODELS = {  # name: (factory, the CAM layer, a unit layer, a small Score-CAM layer)
+    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), "layer4", "layer3", "layer4"),
+    "densenet121": (lambda: torchvision.models.densenet121(num_classes=10), "features.norm5",
+                    "features.denseblock3", "features.transition2"),
+    "convnext_tiny": (lambda: torchvision.models.convnext_tiny(num_classes=10), "features.7", "features.5",
+                      "features.4"),
+    # the ViT's last block feeds only its CLS token to the head: its patch tokens get no gradient,
+    # so Grad-CAM reads the block before it
+    "vit": (lambda: timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=10), "blocks.10",
+            "blocks.5", None),
+}
+
+
+class Setup:
+    def __init__(self, name):
+        factory, self.layer, self.unit, self.score_layer = MATRIX_MODELS[name]
+        torch.manual_seed(0)
+        self.name, self.model = name, factory().eval()
+        self.vit = name == "vit"
+        self.x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+        self.t = torch.tensor([3, 7])
+        self.snapshot = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.flags = {n: p.requires_grad for n, p in self.model.named_parameters()}
+        self.x_before = self.x.clone()
+
+    def assert_untouched(self):
+        m = self.model
+        assert count_hooks(m) == 0, "a hook was left behind"
+        assert not m.training and all(not mm.training for mm in m.modules()), "the mode changed"
+        assert all(p.grad is None for p in m.parameters()), "a parameter .grad was left behind"
+        assert {n: p.requires_grad for n, p in m.named_parameters()} == self.flags, "requires_grad changed"
+        changed = [k for k, v in m.state_dict().items() if not torch.equal(v, self.snapshot[k])]
+        assert not changed, f"weights or buffers changed: {changed[:5]}"
+        assert torch.equal(self.x, self.x_before) and not self.x.requires_grad, "the input changed"
+
+
+@pytest.fixture(scope="module", params=list(MATRIX_MODELS))
+def setup(request):
+    return Setup(request.param)
+
+
+def _close(ours, theirs, rel=1e-5):
+    ours, theirs = torch.as_tensor(ours).double(), torch.as_tensor(theirs).double()
+    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+    scale = theirs.abs().max()
+    assert scale > 0, "the reference is all zero: the comparison would prove nothing"
+    gap = (ours - theirs).abs().max() / scale
+    assert gap <= rel, f"{gap:.2e} of the reference's scale"
+
+
+def _runs(out, like=None):
+    out = out if isinstance(out, torch.Tensor) else torch.as_tensor(out)
+    assert torch.isfinite(out).all()
+    if like is not None:
+        assert out.shape == like
+
+
+def _segments(s):
+    seg = torch.zeros(64, 64, dtype=torch.long)
+    seg[32:] += 1
+    seg[:, 32:] += 2
+    return seg
+
+
+# ---- pixel attributions: every model -------------------------------------------------------------
+
+def test_matrix_saliency_and_gradient_x_input(setup):
+    s = setup
+    _close(G.saliency(s.model, s.x, s.t), Saliency(s.model).attribute(s.x, target=s.t))
+    _close(G.gradient_x_input(s.model, s.x, s.t), InputXGradient(s.model).attribute(s.x, target=s.t))
+    s.assert_untouched()
+
+
+def test_matrix_smoothgrad(setup):
+    s = setup
+    xi, ti = s.x[:1], s.t[:1]
+    torch.manual_seed(7)
+    ours = G.smoothgrad(s.model, xi, ti, n_samples=4, noise_level=0.1)
+    torch.manual_seed(7)
+    theirs = NoiseTunnel(Saliency(s.model)).attribute(xi, nt_type="smoothgrad", nt_samples=4, target=ti, abs=False,
+                                                      stdevs=0.1 * (xi.max() - xi.min()).item())
+    _close(ours, theirs)
+    s.assert_untouched()
+
+
+def test_matrix_integrated_gradients(setup):
+    s = setup
+    ours = G.integrated_gradients(s.model, s.x, s.t, steps=4, rule="captum_trapezoid")
+    theirs = IntegratedGradients(s.model).attribute(s.x, target=s.t, n_steps=4, method="riemann_trapezoid")
+    _close(ours, theirs)
+    s.assert_untouched()
+
+
+def test_matrix_occlusion(setup):
+    s = setup
+    ours = P.occlusion(s.model, s.x, s.t, window=32, stride=32, channels_last=False)
+    theirs = Occlusion(s.model).attribute(s.x, target=s.t, sliding_window_shapes=(3, 32, 32), strides=(3, 32, 32))
+    _close(ours, theirs[:, :1])  # one map; Captum repeats it on every channel
+    assert torch.equal(theirs[:, :1].expand_as(theirs), theirs)
+    s.assert_untouched()
+
+
+def test_matrix_lime_kernel_shap_exact_shapley(setup):
+    s = setup
+    x, t, seg = s.x[:1], s.t[:1], _segments(s)
+    torch.manual_seed(5)
+    theirs = Lime(s.model).attribute(x, target=t, feature_mask=seg[None, None], n_samples=30,
+                                     perturbations_per_eval=30, return_input_shape=False)
+    ours = P.lime(s.model, x, t, seg, n_samples=30, seed=5, sampler="captum", distance="input",
+                  surrogate="lasso", kernel_width=1.0, hide_color=0.0)
+    if theirs.abs().max() > 0:  # Lasso may zero every coefficient on a random network
+        _close(ours.values, theirs, rel=1e-4)
+    torch.manual_seed(7)
+    theirs = KernelShap(s.model).attribute(x, target=t, feature_mask=seg[None, None], n_samples=40,
+                                           perturbations_per_eval=40, return_input_shape=False)[0]
+    _close(P.kernel_shap(s.model, x, t, seg, n_samples=40, seed=7)[0], theirs, rel=1e-4)
+    halves = (seg >= 2).long()  # two segments: the two endpoints and two coalitions decide it exactly
+    _close(P.kernel_shap(s.model, x, t, halves, n_samples=20), P.exact_shapley(s.model, x, t, halves), rel=1e-4)
+    s.assert_untouched()
+
+
+def test_matrix_expected_gradients(setup):
+    s = setup
+    background = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    draws = P.gradient_shap_draws("captum", 2, 4, len(background), seed=11)
+    np.random.seed(11)
+    theirs = GradientShap(s.model).attribute(s.x, background, target=s.t, n_samples=4)
+    _close(P.expected_gradients(s.model, s.x, s.t, background, draws=draws, batch_size=8), theirs)
+    s.assert_untouched()
+
+
+# ---- the CAM family ------------------------------------------------------------------------------
+
+def test_matrix_grad_cam(setup):
+    s = setup
+    module = resolve_layer(s.model, s.layer)
+    if s.vit:
+        with pytest.raises(ValueError, match="tokens_to_grid"):
+            CAM.grad_cam(s.model, s.x, s.t, s.layer)
+        ours = CAM.grad_cam(s.model, s.x, s.t, s.layer, upsample=False, reshape=A.tokens_to_grid)
+        assert ours.shape == (2, 1, 4, 4) and ours.abs().max() > 0
+    else:
+        ours = CAM.grad_cam(s.model, s.x, s.t, s.layer, upsample=False)
+        _close(ours, _captum_grad_cam(s.model, module, s.x, s.t))
+        _runs(CAM.grad_cam_pp(s.model, s.x, s.t, s.layer), (2, 1, 64, 64))
+    s.assert_untouched()
+
+
+def test_matrix_cam_where_the_head_allows_it(setup):
+    s = setup
+    fc = {"resnet18": "fc", "densenet121": "classifier", "convnext_tiny": "classifier.2", "vit": "head"}[s.name]
+    if s.name == "resnet18":
+        maps = CAM.cam(s.model, s.x, s.t, s.layer, fc, upsample=False)
+        with torch.no_grad():
+            logits = s.model(s.x).gather(1, s.t[:, None])[:, 0]
+        assert torch.allclose(maps.mean((1, 2, 3)) + s.model.fc.bias[s.t], logits, atol=1e-4)
+    else:  # densenet: a ReLU between norm5 and the pooling; convnext: a LayerNorm; ViT: tokens
+        with pytest.raises(ValueError, match="grad_cam|tokens_to_grid"):
+            CAM.cam(s.model, s.x, s.t, s.layer, fc)
+    s.assert_untouched()
+
+
+def test_matrix_score_cam(setup):
+    s = setup
+    if s.vit:
+        with pytest.raises(ValueError, match="tokens_to_grid|feature map"):
+            CAM.score_cam(s.model, s.x[:1], s.t[:1], s.layer)
+    else:
+        _runs(CAM.score_cam(s.model, s.x[:1], s.t[:1], s.score_layer, batch_size=256), (1, 1, 64, 64))
+    s.assert_untouched()
+
+
+# ---- the ReLU rules ------------------------------------------------------------------------------
+
+def test_matrix_guided_backprop_and_deconvnet(setup):
+    s = setup
+    if s.name in ("vit", "convnext_tiny"):  # GELU only: no nn.ReLU to override, and the error says so
+        for method in (CAM.guided_backprop, D.deconvnet):
+            with pytest.raises(ValueError, match="has none.*GELU"):
+                method(s.model, s.x, s.t)
+        s.assert_untouched()
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # densenet's functional relu and convnext's GELU are named in a warning
+        _close(CAM.guided_backprop(s.model, s.x, s.t), GuidedBackprop(s.model).attribute(s.x, target=s.t))
+        _close(D.deconvnet(s.model, s.x, s.t), Deconvolution(s.model).attribute(s.x, target=s.t))
+        layer = resolve_layer(s.model, s.layer)
+        _close(CAM.guided_grad_cam(s.model, s.x, s.t, s.layer),
+               GuidedGradCam(s.model, layer).attribute(s.x, target=s.t))
+        # one unit per image: channel 2 where it is largest (positive, so that dividing by it below
+        # commutes with the deconvnet's rectification of the signal)
+        with capture(s.model, s.unit) as rec, torch.no_grad():
+            s.model(s.x)
+        where = rec.activation[:, 2].flatten(1).argmax(1)
+        ys, xs = where // rec.activation.shape[-1], where % rec.activation.shape[-1]
+        b = torch.arange(2)
+        a = rec.activation[b, 2, ys, xs]
+        assert (a > 0).all()
+        ours = D.unit_projection(s.model, s.x, s.unit, 2, ys, xs)
+        theirs = NeuronDeconvolution(s.model, resolve_layer(s.model, s.unit)).attribute(
+            s.x, neuron_selector=lambda out: out[b, 2, ys, xs])
+        _close(ours / a.view(-1, 1, 1, 1), theirs)  # ours starts from the unit's activation, Captum's from 1
+    s.assert_untouched()
+
+
+def test_matrix_guided_backprop_warns_about_what_it_cannot_override(setup):
+    s = setup
+    if s.name != "densenet121":  # resnet18: nn.ReLU only; convnext and the ViT: refused above
+        return
+    with pytest.warns(UserWarning, match="functional relu called 1 time outside an nn.ReLU module"):
+        CAM.guided_backprop(s.model, s.x, s.t)
+    s.assert_untouched()
+
+
+def test_matrix_zeiler_fergus_refuses_what_it_cannot_walk(setup):
+    s = setup
+    with pytest.raises(TypeError, match="unit_projection"):
+        D.zeiler_fergus(s.model, s.x, s.unit, 0, 0, 0)
+    s.assert_untouched()
+
+
+# ---- inside the network: feature visualization, concepts, SAEs -----------------------------------
+
+def test_matrix_feature_visualization(setup):
+    s = setup
+    index, ys, xs, values = FV.top_activating(s.model, s.unit, 2, s.x, k=2)
+    assert set(index.tolist()) <= {0, 1} and len(set(index.tolist())) == 2
+    assert values[0] >= values[1]
+    with capture(s.model, s.unit) as rec, torch.no_grad():
+        s.model(s.x)
+    act = rec.activation
+    per_image = act[..., 2].flatten(1).amax(1) if s.vit else act[:, 2].flatten(1).amax(1)
+    assert torch.allclose(values, per_image[index])
+    if not s.vit:
+        box = FV.receptive_field(s.model, s.unit, 0, 0)
+        assert box[0] == 0 and box[1] == 0 and 0 < box[2] <= 64 and 0 < box[3] <= 64
+    out = FV.visualize(s.model, FV.channel(s.unit, 2), steps=2)
+    images = out[0] if isinstance(out, tuple) else getattr(out, "images", out)
+    _runs(images)
+    s.assert_untouched()
+
+
+def test_matrix_concepts(setup):
+    s = setup
+    module = resolve_layer(s.model, s.unit)
+    ours = C.layer_activations(s.model, s.unit, s.x)
+    theirs = LayerActivation(s.model, module).attribute(s.x)
+    _close(ours, theirs.flatten(1))
+    grads = C.layer_gradients(s.model, s.unit, s.x, s.t)[s.unit][1]
+    with capture(s.model, s.unit) as rec:
+        s.model(s.x).gather(1, s.t[:, None]).sum().backward()
+    s.model.zero_grad(set_to_none=True)
+    _close(grads, rec.gradient.flatten(1))
+    cav = torch.randn(ours.shape[1], generator=torch.Generator().manual_seed(0))
+    score = C.tcav_score(s.model, s.unit, cav, s.x, s.t)
+    assert score == float(((grads @ cav) > 0).float().mean())
+    s.assert_untouched()
+
+
+def test_matrix_sparse_autoencoder(setup):
+    s = setup
+    acts = S.layer_vectors(s.model, s.x, s.unit)
+    sae = S.TopKSAE(acts.shape[1], 16, k=2)
+    S.train_sae(sae, acts, steps=3, batch_size=8, progress=False)
+    _runs(S.latent_codes(sae, acts))
+    s.assert_untouched()
+
+
+# ---- sanity checks and evaluation ----------------------------------------------------------------
+
+def test_matrix_randomized_changes_every_parameter_it_should(setup):
+    """On a copy with "trained" values (every parameter moved off its initial value, as training
+    moves BatchNorm's weight of 1 and layer scale's 1e-6), every parameter inside the randomized
+    layer must change and every one outside must not."""
+    import copy
+
+    s = setup
+    trained = copy.deepcopy(s.model)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01 + 0.01 * torch.rand(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    before = {n: p.clone() for n, p in trained.named_parameters()}
+    rand = SN.randomized(trained, [s.unit], cascade=False, seed=0)
+    assert all(torch.equal(p, before[n]) for n, p in trained.named_parameters())  # the caller's model
+    for n, p in rand.named_parameters():
+        if n.startswith(s.unit + "."):
+            assert not torch.equal(p, before[n]), f"{n} kept its trained value"
+        else:
+            assert torch.equal(p, before[n]), f"{n} changed outside the randomized layer"
+    s.assert_untouched()
+
+
+def test_matrix_evaluation_metrics(setup):
+    s = setup
+    attr = G.saliency(s.model, s.x, s.t)
+    for metric in (E.deletion, E.insertion, E.road):
+        _runs(metric(s.model, s.x, s.t, attr, steps=3).scores)
+    _runs(E.faithfulness_correlation(s.model, s.x, s.t, attr, n_runs=4, subset_size=64))
+    perturb = E.noise_perturbation(0.01)
+    ours = E.infidelity(s.model, s.x, s.t, attr, perturb, n_samples=3, seed=0, channels_last=False)
+    torch.manual_seed(0)
+    theirs = captum_infidelity(s.model, perturb, s.x, attr, target=s.t, n_perturb_samples=3)
+    _close(ours, theirs, rel=1e-4)
+    ours = E.sensitivity_max(G.saliency, s.model, s.x, s.t, radius=0.02, n_samples=3, seed=0)
+    torch.manual_seed(0)
+    theirs = captum_sensitivity_max(lambda inputs, target: Saliency(s.model).attribute(inputs, target=target),
+                                    s.x, perturb_radius=0.02, n_perturb_samples=3, target=s.t)
+    _close(ours, theirs, rel=1e-4)
+    s.assert_untouched()
+
+
+# ---- attention: the ViT, and a clear error elsewhere ---------------------------------------------
+
+def test_matrix_attention(setup):
+    s = setup
+    if not s.vit:
+        for call in (lambda: A.attention_maps(s.model, s.x), lambda: A.relevance(s.model, s.x, s.t)):
+            with pytest.raises((ValueError, TypeError), match="ViT|blocks|transformer|attention"):
+                call()
+        s.assert_untouched()
+        return
+    gaps = A.verify_attention(s.model, s.x)  # against timm's slow path, block by block
+    assert max(gaps) < 1e-5
+    maps = A.attention_maps(s.model, s.x)
+    _runs(A.rollout(maps))
+    _runs(A.relevance(s.model, s.x, s.t), (2, 1, 64, 64))
+    s.assert_untouched()
+
+
+# ---- non-finite input and non-finite scores ------------------------------------------------------
+
+class NaNScores(nn.Module):
+    """The wrapped model's scores, with NaN for every image (as a diverged network gives)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) * float("nan")
+
+
+def _finite_methods(layer="layer4", unit="layer3"):
+    seg = torch.zeros(64, 64, dtype=torch.long)
+    seg[:, 32:] = 1
+    return {
+        "saliency": lambda m, x: G.saliency(m, x, 1),
+        "smoothgrad": lambda m, x: G.smoothgrad(m, x, 1, n_samples=2),
+        "integrated_gradients": lambda m, x: G.integrated_gradients(m, x, 1, steps=2),
+        "grad_cam": lambda m, x: CAM.grad_cam(m, x, 1, layer),
+        "cam": lambda m, x: CAM.cam(m, x, 1, layer, "fc"),
+        "guided_backprop": lambda m, x: CAM.guided_backprop(m, x, 1),
+        "deconvnet": lambda m, x: D.deconvnet(m, x, 1),
+        "occlusion": lambda m, x: P.occlusion(m, x, 1, window=32, stride=32),
+        "lime": lambda m, x: P.lime(m, x[:1], 1, seg, n_samples=10),
+        "kernel_shap": lambda m, x: P.kernel_shap(m, x[:1], 1, seg, n_samples=10),
+        "tcav_score": lambda m, x: C.tcav_score(m, unit, torch.ones(256 * 4 * 4), x, 1),
+        "deletion": lambda m, x: E.deletion(m, x, 1, torch.rand_like(x[:, :1]), steps=2),
+    }
+
+
+@pytest.mark.parametrize("method", list(_finite_methods()))
+def test_non_finite_input_is_refused_by_name(resnet18, images, method):
+    x = images.clone()
+    x[0, 0, 5, 5] = float("inf")
+    with pytest.raises(ValueError, match=r"(x|images) holds 1 NaN or inf values \(in images \[0\]\)"):
+        _finite_methods()[method](resnet18, x)
+    assert count_hooks(resnet18) == 0 and all(p.grad is None for p in resnet18.parameters())
+
+
+@pytest.mark.parametrize("method", list(_finite_methods()))
+def test_non_finite_scores_are_refused(resnet18, images, method):
+    """With NaN logits, saliency and SmoothGrad returned finite maps, guided backprop zeros and
+    tcav_score 1.0; CAM, LIME and KernelSHAP crashed deep inside."""
+    model = NaNScores(resnet18).eval()
+    model.fc = resnet18.fc  # CAM reads the head by name
+    model.layer3, model.layer4 = resnet18.layer3, resnet18.layer4
+    with pytest.raises(ValueError, match="NaN or inf scores"):
+        _finite_methods()[method](model, images)
+    assert count_hooks(resnet18) == 0 and all(p.grad is None for p in resnet18.parameters())
