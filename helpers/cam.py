@@ -172,7 +172,8 @@ def score_cam(model: nn.Module, x: torch.Tensor, target, layer="layer4", batch_s
     A channel whose map A_k is constant over the layer's grid says nothing about where, and gets a
     zero mask H_k = 0 (so w_k = 0 with the baseline subtracted): upsampled, such a map varies only by
     rounding, which normalising would stretch into a mask of noise. Every channel of a 1x1 layer
-    (resnet18's layer4 at 32 px) is constant, so there the map is 0: pick a layer with a grid.
+    (resnet18's layer4 at 32 px) is constant, so there the map is 0 with the baseline subtracted
+    (a constant without it): pick a layer with a grid.
     pytorch-grad-cam gets the same zero masks there (its upsampling of a 1x1 map is exact).
 
     ``subtract_baseline=False`` uses w_k = p_c(x * H_k), as the authors' released code does; with

@@ -132,9 +132,9 @@ def relu_rule(model: nn.Module, rule: str):
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     if not relus:
         others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, OTHER_ACTIVATIONS)})
-        held = f"its activations are {', '.join(others)} modules" if others else "functional relu calls"
-        raise ValueError(f"the {rule} rule overrides nn.ReLU modules, and this model has none ({held}, "
-                         "which the rule cannot reach)")
+        held = (f"its activations are {', '.join(others)} modules, which the rule cannot reach" if others else
+                "nor any other activation module: functional calls such as torch.relu cannot be overridden")
+        raise ValueError(f"the {rule} rule overrides nn.ReLU modules, and this model has none ({held})")
     if any("forward" in vars(m) for m in relus):
         raise ValueError("an nn.ReLU module of this model has a forward of its own (is a relu_rule block already "
                          "open on this model?): relu_rule would replace it")

@@ -229,6 +229,8 @@ class _Outputs(dict):
 def _recording(model, layers, keep=lambda output: output):
     """Forward hooks that put ``keep(output)`` of each layer's first call in a dict, the live output
     by default (for gradients); ``outputs.run(x)`` runs the model and checks each layer ran once.
+    The model carries on with a copy, so a later in-place operation (``out += identity``, a
+    ``ReLU(inplace=True)``) cannot change what was recorded.
     The hooks are removed when the block ends, also when it raises."""
     outputs = _Outputs(model, list(dict.fromkeys(layers)))
     modules = [(layer, resolve_layer(model, layer)) for layer in outputs.calls]
@@ -238,6 +240,7 @@ def _recording(model, layers, keep=lambda output: output):
             outputs.calls[layer] += 1
             if outputs.calls[layer] == 1:
                 outputs[layer] = keep(output)
+            return output.clone()  # what the rest of the model sees, and may change in place
         return hook
 
     handles = []

@@ -214,7 +214,7 @@ def integrated_gradients(model: torch.nn.Module, x: torch.Tensor, target, baseli
     for start in range(0, n_total, batch_size):
         k = torch.arange(start, min(n_total, start + batch_size))
         step, img = k // n_img, (k % n_img).to(x.device)
-        a = alphas[step].to(x.device).view(-1, 1, 1, 1)
+        a = alphas[step].to(x).view(-1, 1, 1, 1)  # x's device and dtype (a float16 model stays float16)
         points = b[img] + a * diff[img]
         if channels_last:
             points = points.contiguous(memory_format=torch.channels_last)

@@ -96,15 +96,26 @@ class Recording:
                 kept, it would tie the recording to the graph in a cycle gc cannot see)
     calls       how many times the layer ran inside the block (0 or 1)
 
-    Reading ``output`` inside the block before the layer ran raises the "did not run" error.
+    Reading ``activation`` or ``output`` inside the block before the layer ran raises the "did not
+    run" error.
     """
 
     def __init__(self, model=None, layer=None):
-        self.activation: torch.Tensor | None = None
+        self._activation: torch.Tensor | None = None
         self.gradient: torch.Tensor | None = None
         self._output: torch.Tensor | None = None
         self.calls = 0
         self._model, self._layer, self._open = model, layer, False
+
+    @property
+    def activation(self) -> torch.Tensor | None:
+        if self._open and self.calls == 0:
+            raise did_not_run(self._model, self._layer)
+        return self._activation
+
+    @activation.setter
+    def activation(self, value):
+        self._activation = value
 
     @property
     def output(self) -> torch.Tensor | None:
@@ -129,6 +140,8 @@ def capture(model: nn.Module, layer, *, gradient: bool = True):
     recorded tensor: both ``rec.activation`` and the gradient with respect to ``rec.output`` are
     those of the layer's own output. A layer that runs more than once inside the block (a module
     used twice in one forward pass, or two forward passes) is refused: one recording holds one call.
+    A block that ends without the layer having run raises "layer ... did not run in the forward
+    pass" (nothing was recorded).
     """
     module = resolve_layer(model, layer)
     rec = Recording(model, layer)
@@ -143,7 +156,10 @@ def capture(model: nn.Module, layer, *, gradient: bool = True):
                             f"{type(output).__name__}, not a tensor")
         rec.calls += 1
         if rec.calls > 1:
-            raise ran_more_than_once(model, layer, rec.calls)
+            raise ValueError(f"capture: layer {layer_name(model, layer)} ran {rec.calls} times inside one capture "
+                             "block: a module used twice in the forward pass (such as torchvision's shared ReLU "
+                             "in a residual block), or a second forward pass; a recording holds one call: pick "
+                             "a module that runs once, or use one block per forward pass")
         rec.activation = output.detach().clone()
         rec.output = output
         if gradient and output.requires_grad:

@@ -13,6 +13,7 @@ Most of the playbook reuses the course's methods; what is new here:
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -98,9 +99,9 @@ def knn_affinity(features: torch.Tensor, n_neighbors: int = 10) -> torch.Tensor:
     nearest (Euclidean, itself included) and i among j's, 0.5 where only one holds (scikit-learn's
     ``affinity="nearest_neighbors"``: (C + C^T) / 2), with no self-loops (the Laplacian ignores them).
 
-    Refused where the graph is not determined by the maps: a map whose ``n_neighbors``-th and next
-    nearest maps are at the same distance (identical maps) would get one or the other by the maps'
-    order, and the clusters would be the tie-breaking's."""
+    A warning where the graph is not determined by the maps alone: a map whose ``n_neighbors``-th
+    and next nearest maps are at the same distance (identical maps) gets one or the other by the
+    maps' order, and a cluster boundary there is the tie-breaking's (``knn_margin`` is then 0)."""
     n = features.shape[0]
     if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or not 2 <= n_neighbors < n:
         raise ValueError(f"n_neighbors must be in 2..{n - 1} for {n} maps, got {n_neighbors!r} (a map is its "
@@ -109,9 +110,9 @@ def knn_affinity(features: torch.Tensor, n_neighbors: int = 10) -> torch.Tensor:
     near = d.sort(1).values
     tied = (near[:, n_neighbors] == near[:, n_neighbors - 1]).nonzero()[:, 0].tolist()
     if tied:
-        raise ValueError(f"the maps cannot be told apart: for maps {tied[:10]} the {n_neighbors}-th and the next "
-                         "nearest map are at one distance (identical maps?), so the maps' order, not their shapes, "
-                         "would decide the graph; leave out duplicate maps, or change n_neighbors")
+        warnings.warn(f"for maps {tied[:10]} the {n_neighbors}-th and the next nearest map are at one distance "
+                      "(identical maps?): the maps' order, not their shapes, picks their neighbours; leave out "
+                      "duplicate maps, or change n_neighbors", UserWarning, stacklevel=3)
     idx = d.topk(n_neighbors, largest=False).indices
     c = torch.zeros(n, n, dtype=features.dtype, device=features.device).scatter_(1, idx, 1.0)
     return ((c + c.T) / 2).fill_diagonal_(0.0)
@@ -161,10 +162,14 @@ def spray(maps: torch.Tensor, n_clusters: int | None = None, *, size: int = 8, n
        by ``kmeans``; clusters are numbered by size, largest first.
 
     No mask, label or artifact name enters: the groups come from the maps' shapes alone. Maps that
-    cannot be told apart are refused rather than clustered: all-zero maps (no shape) and ties in
-    the k-nearest-neighbour graph (identical maps), whose clusters would be the tie-breaking's.
+    cannot be told apart are refused rather than clustered: all-zero maps (no shape), and a set in
+    which fewer than two maps differ. A tie in the k-nearest-neighbour graph (duplicate maps) gets
+    a warning: the maps' order picks those neighbours, and ``margins["knn"]`` is 0.
     """
     feats = spray_features(maps, size)
+    if len(torch.unique(feats, dim=0)) < 2:
+        raise ValueError(f"the maps cannot be told apart: all {len(feats)} are the same shape, and any clustering "
+                         "of them would be the tie-breaking's")
     a = knn_affinity(feats, n_neighbors)
     margins = {"knn": knn_margin(feats, n_neighbors)}
     d_isqrt = a.sum(1).rsqrt()

@@ -501,7 +501,8 @@ def cell_share(mask: torch.Tensor, grid: int = 8) -> torch.Tensor:
 
 class LatentProbe(nn.Module):
     """``model`` with an SAE reading ``layer``: its forward returns the model's logits, and its
-    ``latents`` submodule (an identity) sees the SAE's latent maps ``[B, d_latent, h, w]``, so that
+    ``latents`` submodule (an identity) sees the SAE's latent maps ``[B, d_latent, h, w]`` (for a
+    token layer, latent tokens ``[B, T, d_latent]``), so that
     any tool that hooks a layer (notebook 08's ``top_activating``) can treat latent i as a channel.
     The model is called, never changed."""
 
@@ -514,9 +515,11 @@ class LatentProbe(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with capture(self.model, self.layer, gradient=False) as rec:
             out = self.model(x)
-        b, c, h, w = rec.activation.shape
-        f = self.sae.encode(normalize(_to_vectors(rec.activation), float(self.sae.act_scale)))
-        self.latents(f.view(b, h, w, -1).permute(0, 3, 1, 2))
+        act = rec.activation
+        f = self.sae.encode(normalize(_to_vectors(act), float(self.sae.act_scale)))
+        # latents as a map [B, d_latent, h, w], or as tokens [B, T, d_latent] for a token layer
+        self.latents(f.view(*act.shape[:2], -1) if act.dim() == 3
+                     else f.view(act.shape[0], *act.shape[2:], -1).permute(0, 3, 1, 2))
         return out
 
 

@@ -524,9 +524,10 @@ for name in ("shortcut", "debiased"):
 #
 # - **Class-insensitive.** Deconvnet and guided backprop maps barely change with the class they
 #   explain (section 5): they reconstruct image structure. Do not read them as "evidence for mel".
-# - **Only `nn.ReLU` modules are rectified.** A `torch.relu` call in `forward`, or one in-place ReLU
-#   module reused across a block (torchvision's ResNets), changes what the rule does; Captum's
-#   `Deconvolution` then returns the plain gradient there without a warning (section 3).
+# - **Only `nn.ReLU` modules are rectified.** A `torch.relu` call in `forward` keeps the plain
+#   gradient there: Captum's `Deconvolution` says nothing (section 3), `relu_rule` warns and counts
+#   the calls. In-place ReLUs, and one ReLU module reused across a block (torchvision's ResNets),
+#   are rectified: the rule replaces each module's forward for the call, as Captum's hooks do.
 # - **`max_unpool2d` writes, it does not add.** With overlapping pooling windows it is not the
 #   transpose of pooling (section 3).
 # - **A projection is not a part of the image.** It is a picture drawn through the network's

@@ -399,3 +399,22 @@ def test_helpers_run_on_the_gpu(six):
         assert receptive_field(model, layer, 1, 0, image_size=64) == receptive_field(model.cpu(), layer, 1, 0)
         model.cuda()
         assert visualize(model, channel(layer, 1), steps=2, colour=colour_correlation_sqrt(x)).is_cuda
+
+
+def test_recorded_values_survive_in_place_ops_after_the_layer():
+    """torchvision's BasicBlock adds the identity to bn2's output in place, then rectifies it in
+    place: top_activating and visualize's objectives must read bn2's own output (found by review:
+    top_activating returned 0.81 where bn2's largest value was 0.64)."""
+    import torchvision
+
+    from helpers.hooks import capture
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    index, _, _, values = top_activating(model, "layer1.0.bn2", 1, images, k=3)
+    with capture(model, "layer1.0.bn2") as rec, torch.no_grad():
+        model(images)
+    best = rec.activation[:, 1].flatten(1).amax(1)
+    assert torch.equal(index, best.topk(3).indices) and torch.allclose(values, best.topk(3).values)
+    assert (rec.activation[:, 1] < 0).any()  # bn2's output has negative values that the in-place ReLU would zero

@@ -318,3 +318,12 @@ def test_smoothgrad_stays_exact_with_many_samples():
                           generator=torch.Generator().manual_seed(5))
         assert ours.dtype == torch.float32
         assert (ours[0].double() - exact).abs().max() / exact.abs().max() <= 2e-7, variant
+
+
+def test_integrated_gradients_keeps_a_bfloat16_models_dtype():
+    """The path points take x's dtype: alphas kept in float32 turned them float32, and a bfloat16
+    model then refused them."""
+    model = _smooth_toy().to(torch.bfloat16)
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    attr = integrated_gradients(model, x, 1, steps=4)
+    assert attr.dtype == torch.bfloat16 and torch.isfinite(attr).all()

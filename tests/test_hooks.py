@@ -173,3 +173,23 @@ def test_layer_names_in_messages_are_one_line():
             model.eval()(torch.rand(1, 3, 32, 32))
     assert "'layer4.0.relu' ran 2 times" in str(err.value) and len(str(err.value)) < 400
     assert count_hooks(model) == 0
+
+
+def test_grad_cam_says_a_layer_did_not_run():
+    from helpers.cam import grad_cam, grad_cam_pp
+
+    torch.manual_seed(0)
+    model = Spare().eval()
+    for method in (grad_cam, grad_cam_pp):
+        with pytest.raises(ValueError, match="layer 'spare' did not run in the forward pass"):
+            method(model, torch.rand(1, 3, 8, 8), 0, "spare")
+    assert count_hooks(model) == 0
+
+
+def test_capture_names_both_causes_of_a_second_call(model):
+    x = torch.rand(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="ran 2 times inside one capture block.*or a second forward pass"):
+        with capture(model, "layer4"), torch.no_grad():
+            model(x)
+            model(x)
+    assert count_hooks(model) == 0

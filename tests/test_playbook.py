@@ -95,10 +95,20 @@ def test_spray_refuses_maps_without_mass():
 
 def test_spray_refuses_maps_it_cannot_tell_apart():
     same = _three_shapes(n=1)[0].expand(24, 1, 64, 64)  # 24 copies of one map
-    with pytest.raises(ValueError, match="cannot be told apart"):
+    with pytest.raises(ValueError, match="cannot be told apart: all 24 are the same shape"):
         spray(same)
-    with pytest.raises(ValueError, match="cannot be told apart"):
+    with pytest.warns(UserWarning, match="at one distance"):
         knn_affinity(spray_features(same), 5)
+
+
+def test_spray_warns_about_duplicates_and_still_clusters():
+    """A map present three times has two neighbours at distance 0 besides itself: with
+    n_neighbors=2 which one it keeps is the maps' order. A warning, not a refusal."""
+    maps, truth = _three_shapes(n=30)
+    maps = torch.cat([maps, maps[:1], maps[:1]])
+    with pytest.warns(UserWarning, match=r"for maps \[0, 30, 31\] the 2-th and the next nearest map are at one"):
+        result = spray(maps, n_neighbors=2)
+    assert result.margins["knn"] == 0 and result.labels.shape == (32,)
 
 
 def test_spray_with_one_neighbour_is_refused_clearly():

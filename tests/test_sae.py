@@ -427,4 +427,8 @@ def test_a_vit_token_layer_gives_one_vector_per_token_and_edits_in_place():
     with torch.no_grad(), S.ablate_latents(vit, sae, [top], layer="blocks.0"):
         edited = vit(x)
     assert not torch.allclose(edited, clean, atol=1e-5)
+    probe = S.LatentProbe(vit, sae, "blocks.0")
+    with capture(probe, "latents") as rec, torch.no_grad():
+        probe(x)
+    assert torch.equal(rec.activation, codes.view(2, 5, 32))  # latent tokens [B, T, d_latent]
     assert count_hooks(vit) == 0
