@@ -18,16 +18,14 @@ all three.
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from .contract import check_input, check_model, check_outputs, check_target
-from .hooks import capture, layer_name, resolve_layer
+from .hooks import OTHER_ACTIVATIONS, capture, layer_name, resolve_layer, watch_activations
 from .models import BasicBlock, DermNet, Normalize
 
 RULES = ("gradient", "guided", "deconvnet")
@@ -65,53 +63,6 @@ class _RuleReLU(torch.autograd.Function):
         return relu_backward(ctx.rule, inp, grad_out), None
 
 
-# Rectifiers that are not nn.ReLU modules: the rules cannot reach them, and they pass back the plain
-# gradient (as under Captum's GuidedBackprop and Deconvolution). relu_rule names the ones a forward ran.
-OTHER_ACTIVATIONS = (nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-                     nn.Mish, nn.Hardswish, nn.Softplus)
-FUNCTIONAL_ACTIVATIONS = {
-    torch.relu: "relu", F.relu: "relu", torch.relu_: "relu", torch.Tensor.relu: "relu", torch.Tensor.relu_: "relu",
-    F.relu6: "relu6", F.leaky_relu: "leaky_relu", F.elu: "elu", F.selu: "selu", F.celu: "celu", F.gelu: "gelu",
-    F.silu: "silu", F.mish: "mish", F.hardswish: "hardswish", F.softplus: "softplus"}
-
-
-class _ActivationCalls(TorchFunctionMode):
-    """While active, counts the calls of FUNCTIONAL_ACTIVATIONS made outside an activation module
-    (``inside`` > 0 while one of OTHER_ACTIVATIONS runs: its own F.gelu etc. is not counted again)."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls, self.inside, self.modules = Counter(), 0, []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if self.inside == 0 and func in FUNCTIONAL_ACTIVATIONS:
-            self.calls[FUNCTIONAL_ACTIVATIONS[func]] += 1
-        return func(*args, **(kwargs or {}))
-
-    def enter(self, module, inputs):
-        self.inside += 1
-        if module not in self.modules:
-            self.modules.append(module)
-
-    def leave(self, module, inputs, output):
-        self.inside -= 1
-
-
-def _not_reached(model, rule, seen: _ActivationCalls) -> str | None:
-    """The warning for the activations the rule did not reach, or None if there were none."""
-    parts = []
-    if seen.modules:
-        names = ", ".join(f"{layer_name(model, m)} ({type(m).__name__})" for m in seen.modules[:4])
-        more = f" and {len(seen.modules) - 4} more" if len(seen.modules) > 4 else ""
-        parts.append(f"{len(seen.modules)} module{'s' if len(seen.modules) > 1 else ''}: {names}{more}")
-    for f, n in seen.calls.items():
-        parts.append(f"functional {f} called {n} time{'s' if n > 1 else ''} outside an nn.ReLU module")
-    if not parts:
-        return None
-    return (f"the {rule} rule reaches nn.ReLU modules only; these activations are not nn.ReLU modules and "
-            f"passed back the plain gradient: {'; '.join(parts)}")
-
-
 @contextmanager
 def relu_rule(model: nn.Module, rule: str):
     """Inside the block, every ``nn.ReLU`` module of ``model`` passes back by ``rule``.
@@ -124,8 +75,7 @@ def relu_rule(model: nn.Module, rule: str):
     Only modules can be overridden: an activation that is not an nn.ReLU module (a functional
     ``torch.relu`` in a ``forward``, mobilenet's nn.Hardswish, a GELU) keeps the plain gradient
     rule, as under Captum's GuidedBackprop and Deconvolution. For the guided and deconvnet rules
-    a UserWarning names those the forward pass ran (modules by path; functional calls counted by
-    a TorchFunctionMode, ``_ActivationCalls``).
+    a UserWarning names those the forward pass ran (``hooks.watch_activations``).
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
@@ -138,21 +88,15 @@ def relu_rule(model: nn.Module, rule: str):
     if any("forward" in vars(m) for m in relus):
         raise ValueError("an nn.ReLU module of this model has a forward of its own (is a relu_rule block already "
                          "open on this model?): relu_rule would replace it")
-    seen, handles = _ActivationCalls(), []
     try:
         for m in relus:
             m.forward = lambda inp: _RuleReLU.apply(inp, rule)
-        for m in model.modules():
-            if isinstance(m, OTHER_ACTIVATIONS):
-                handles += [m.register_forward_pre_hook(seen.enter), m.register_forward_hook(seen.leave)]
-        with seen:
+        with watch_activations(model) as seen:
             yield
     finally:
         for m in relus:
             vars(m).pop("forward", None)  # nn.ReLU.forward again
-        for h in handles:
-            h.remove()
-    message = _not_reached(model, rule, seen) if rule != "gradient" else None
+    message = seen.unreached(f"the {rule} rule") if rule != "gradient" else None
     if message:
         warnings.warn(message, UserWarning, stacklevel=3)
 

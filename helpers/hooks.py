@@ -16,17 +16,22 @@ Two tools for models the course did not build:
 
     count_passes     how many forward and backward passes (and images) a method costs
     one_relu_per_use a copy of a torchvision ResNet whose ReLUs are each used once, not in place
+    watch_activations the activations a forward pass ran that are not nn.ReLU modules (which the
+                     ReLU rules of guided backprop and the deconvnet cannot reach)
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 
 def resolve_layer(model: nn.Module, layer) -> nn.Module:
@@ -304,3 +309,70 @@ def one_relu_per_use(model: nn.Module) -> nn.Module:
             elif isinstance(child, nn.ReLU) and child.inplace:
                 setattr(parent, name, nn.ReLU())
     return new.train(model.training)
+
+
+# ---- activations a ReLU rule cannot reach ---------------------------------------------------------
+
+# Rectifiers that are not nn.ReLU modules: a rule that overrides nn.ReLU modules (guided backprop,
+# the deconvnet) cannot reach them, and they pass back the plain gradient (as under Captum's).
+OTHER_ACTIVATIONS = (nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+                     nn.Mish, nn.Hardswish, nn.Softplus)
+FUNCTIONAL_ACTIVATIONS = {
+    torch.relu: "relu", F.relu: "relu", torch.relu_: "relu", torch.Tensor.relu: "relu", torch.Tensor.relu_: "relu",
+    F.relu6: "relu6", F.leaky_relu: "leaky_relu", F.elu: "elu", F.selu: "selu", F.celu: "celu", F.gelu: "gelu",
+    F.silu: "silu", F.mish: "mish", F.hardswish: "hardswish", F.softplus: "softplus"}
+
+
+class ActivationCalls(TorchFunctionMode):
+    """What ``watch_activations`` saw: ``modules``, the OTHER_ACTIVATIONS modules that ran, and
+    ``calls``, how often each functional activation was called outside them (a module's own
+    F.gelu is not counted again)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls, self.inside, self.modules = model, Counter(), 0, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.inside == 0 and func in FUNCTIONAL_ACTIVATIONS:
+            self.calls[FUNCTIONAL_ACTIVATIONS[func]] += 1
+        return func(*args, **(kwargs or {}))
+
+    def enter(self, module, inputs):
+        self.inside += 1
+        if module not in self.modules:
+            self.modules.append(module)
+
+    def leave(self, module, inputs, output):
+        self.inside -= 1
+
+    def unreached(self, what: str) -> str | None:
+        """A warning naming what ``what`` (e.g. "the guided rule") did not reach, or None."""
+        parts = []
+        if self.modules:
+            names = ", ".join(f"{layer_name(self.model, m)} ({type(m).__name__})" for m in self.modules[:4])
+            more = f" and {len(self.modules) - 4} more" if len(self.modules) > 4 else ""
+            parts.append(f"{len(self.modules)} module{'s' if len(self.modules) > 1 else ''}: {names}{more}")
+        for f, n in self.calls.items():
+            parts.append(f"functional {f} called {n} time{'s' if n > 1 else ''} outside an nn.ReLU module")
+        if not parts:
+            return None
+        return (f"{what} reaches nn.ReLU modules only; these activations are not nn.ReLU modules and "
+                f"passed back the plain gradient: {'; '.join(parts)}")
+
+
+@contextmanager
+def watch_activations(model: nn.Module):
+    """Inside the block, record the activations that are not ``nn.ReLU`` modules: the modules of
+    OTHER_ACTIVATIONS that run (by forward hooks) and functional calls such as ``torch.relu`` (by
+    a TorchFunctionMode, which sees every torch function called in the block, also the caller's
+    own). Yields an ``ActivationCalls``; the hooks and the mode are gone when the block ends."""
+    seen, handles = ActivationCalls(model), []
+    try:
+        for m in model.modules():
+            if isinstance(m, OTHER_ACTIVATIONS):
+                handles += [m.register_forward_pre_hook(seen.enter), m.register_forward_hook(seen.leave)]
+        with seen:
+            yield seen
+    finally:
+        for h in handles:
+            h.remove()
