@@ -4,6 +4,8 @@ import shutil
 
 import pytest
 import torch
+import torchvision
+from contract_checks import seeded as _seeded
 
 import helpers.models as models
 from helpers.data import make_dataset
@@ -60,3 +62,25 @@ def data_copy(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "DATA_DIR", tmp_path)
     monkeypatch.setattr(models, "MANIFEST", tmp_path / "MANIFEST.json")
     return tmp_path
+
+
+# torchvision models with random weights (seeded), one per test module, and two 64-px images
+
+@pytest.fixture(scope="module")
+def resnet18():
+    return _seeded(torchvision.models.resnet18, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def vgg11():
+    return _seeded(torchvision.models.vgg11, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    return _seeded(torchvision.models.mobilenet_v3_small, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))

@@ -24,3 +24,9 @@ def assert_rejects_bad_input(method, model, x):
     with pytest.raises(ValueError, match="target 9 is out of range"):
         method(model, x[:1], 9)
     assert count_hooks(model) == 0
+
+
+def seeded(factory, **kwargs):
+    """``factory(**kwargs)`` in eval mode, its random weights drawn after ``torch.manual_seed(0)``."""
+    torch.manual_seed(0)
+    return factory(**kwargs).eval()

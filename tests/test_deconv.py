@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torchvision
 from captum.attr import Deconvolution, GuidedBackprop, NeuronDeconvolution, Saliency
 from contract_checks import assert_rejects_bad_input, run_without_side_effects
+from contract_checks import seeded as _seeded
 from torch import nn
 
 from helpers.cam import guided_backprop
@@ -54,25 +55,6 @@ class SharedInPlaceReLU(nn.Module):
         out += x
         return self.fc(self.relu(out).mean((2, 3)))
 
-
-def _seeded(factory, **kwargs):
-    torch.manual_seed(0)
-    return factory(**kwargs).eval()
-
-
-@pytest.fixture(scope="module")
-def resnet18():
-    return _seeded(torchvision.models.resnet18, num_classes=10)
-
-
-@pytest.fixture(scope="module")
-def vgg11():
-    return _seeded(torchvision.models.vgg11, num_classes=10)
-
-
-@pytest.fixture(scope="module")
-def images():
-    return torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
 def test_relu_backward_rules_by_hand():

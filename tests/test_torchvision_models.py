@@ -10,37 +10,13 @@ import pytest
 import torch
 import torchvision
 from captum.attr import GuidedGradCam, LayerGradCam
+from contract_checks import seeded as _seeded
 from torch import nn
 
 from helpers.cam import cam, grad_cam, grad_cam_pp, guided_grad_cam
 from helpers.gradients import saliency
 from helpers.hooks import capture, count_hooks, resolve_layer
 from helpers.perturbation import exact_shapley, kernel_shap
-
-
-def _seeded(factory, **kwargs):
-    torch.manual_seed(0)
-    return factory(**kwargs).eval()
-
-
-@pytest.fixture(scope="module")
-def resnet18():
-    return _seeded(torchvision.models.resnet18, num_classes=10)
-
-
-@pytest.fixture(scope="module")
-def vgg11():
-    return _seeded(torchvision.models.vgg11, num_classes=10)
-
-
-@pytest.fixture(scope="module")
-def mobilenet():
-    return _seeded(torchvision.models.mobilenet_v3_small, num_classes=10)
-
-
-@pytest.fixture(scope="module")
-def images():
-    return torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
 def _captum_grad_cam(model, layer, x, target):
