@@ -612,8 +612,8 @@ assert gbp_once.abs().max() > 1e-3 and abs(gap_np) > 1e-2
 
 # %% [markdown]
 # With these versions (printed above), guided backprop survives the shared in-place
-# ReLU, ours and Captum's alike: each call of the module gets its own hook, and the in-place
-# ReLU keeps the sign the guided rule needs. DeepLift does not: it stores one reference
+# ReLU, ours and Captum's alike: each call of the module passes back by the rule (Captum hooks
+# every call; ours replaces the module's forward for the duration of the call). DeepLift does not: it stores one reference
 # activation per module, so a module called twice has nowhere to keep the second one, and Captum
 # refuses with a clear error. The fix is a copy with one ReLU per use,
 # `helpers.hooks.one_relu_per_use(model)`: the same weights and outputs, every other layer name
