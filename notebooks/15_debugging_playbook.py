@@ -613,9 +613,9 @@ assert gbp_once.abs().max() > 1e-3 and abs(gap_np) > 1e-2
 # %% [markdown]
 # With these versions (printed above), guided backprop survives the shared in-place
 # ReLU, ours and Captum's alike: each call of the module passes back by the rule (Captum hooks
-# every call; ours replaces the module's forward for the duration of the call). DeepLift does not: it stores one reference
-# activation per module, so a module called twice has nowhere to keep the second one, and Captum
-# refuses with a clear error. The fix is a copy with one ReLU per use,
+# every call; ours replaces the module's forward for the duration of the call). DeepLift does
+# not: it stores one reference activation per module, so a module called twice has nowhere to
+# keep the second one, and Captum refuses with a clear error. The fix is a copy with one ReLU per use,
 # `helpers.hooks.one_relu_per_use(model)`: the same weights and outputs, every other layer name
 # kept. DeepLift then runs, but its attributions miss $S(x) - S(\text{black})$ by more than 5%:
 # the rule Captum applies at `MaxPool2d` does not keep the sum exact. Remove the pooling layer
