@@ -6,6 +6,7 @@ Modules, one per topic:
     vit        DermViT: timm's VisionTransformer sized for DermSynth (imported on first use)
     train      training and auditing both models (python -m helpers.train rebuilds data/)
     contract   the method contract's argument checks, shared by every method
+    batching   how many samples a model pass takes: batch_size="auto", the memory budget
     gradients  saliency, gradient x input, SmoothGrad, Integrated Gradients and IG baselines
     cam        CAM, Grad-CAM, Grad-CAM++, Score-CAM, guided backprop, guided Grad-CAM
     perturbation  occlusion, superpixels, LIME, KernelSHAP, exact Shapley, expected gradients
@@ -19,3 +20,7 @@ Modules, one per topic:
     viz        overlays and grids with one consistent look
     exercises  checkers for the "Your turn" exercises
 """
+
+from .batching import memory_budget, set_memory_budget  # noqa: E402  helpers.set_memory_budget("2GB")
+
+__all__ = ["memory_budget", "set_memory_budget"]

@@ -44,7 +44,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .contract import check_batch_size, check_finite, check_input, check_model, check_outputs, check_target
+from .batching import run_batches, workload
+from .contract import (
+    check_batch_size,
+    check_finite,
+    check_input,
+    check_model,
+    check_outputs,
+    check_scores,
+    check_target,
+)
 from .data import CLASSES, make_dataset
 from .hooks import capture, layer_name, resolve_layer
 
@@ -226,21 +235,24 @@ def _check_images(images, name: str, model=None) -> torch.Tensor:
     return check_input(images, name, model)
 
 
-def layer_activations(model: nn.Module, layer, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def layer_activations(model: nn.Module, layer, images: torch.Tensor, batch_size="auto") -> torch.Tensor:
     """The output of ``layer`` for each image, flattened: ``[N, D]`` (float32, no gradient)."""
     check_model(model)
     resolve_layer(model, layer)
     _check_images(images, "images", model)
     check_batch_size(batch_size)
     out = []
-    for i in range(0, len(images), batch_size):
+
+    def step(lo, hi):
         with capture(model, layer, gradient=False) as rec, torch.no_grad():
-            model(images[i:i + batch_size].contiguous(memory_format=torch.channels_last))
+            model(images[lo:hi].contiguous(memory_format=torch.channels_last))
         out.append(rec.activation.flatten(1))
+
+    run_batches(step, len(images), batch_size, workload("forward", model, images), images.device)
     return torch.cat(out)
 
 
-def layer_gradients(model: nn.Module, layers, images: torch.Tensor, target, batch_size: int = 256) -> dict:
+def layer_gradients(model: nn.Module, layers, images: torch.Tensor, target, batch_size="auto") -> dict:
     """``{layer: (activations [N, D], gradients [N, D])}``: each layer's flattened output and the
     gradient of the ``target`` logit with respect to it, for every layer in one forward and one
     backward pass per batch (the backward stops at the lowest layer). A NaN or inf ``target`` logit
@@ -256,19 +268,25 @@ def layer_gradients(model: nn.Module, layers, images: torch.Tensor, target, batc
     t = check_target(target, len(images))
     acts = {layer: [] for layer in layers}
     grads = {layer: [] for layer in layers}
-    for i in range(0, len(images), batch_size):
+
+    def step(lo, hi):
         with ExitStack() as stack, torch.enable_grad():
             recs = [stack.enter_context(capture(model, layer, gradient=False)) for layer in layers]
             # the input asks for a gradient too, so the graph exists even if the parameters do not
-            x = images[i:i + batch_size].detach().contiguous(memory_format=torch.channels_last)
+            x = images[lo:hi].detach().contiguous(memory_format=torch.channels_last)
             z = model(x.requires_grad_(True))
-            tb = t[i:i + batch_size].to(z.device)
-            check_outputs(z, tb)  # [B, K], the target below K, finite scores
-            score = z.gather(1, tb[:, None]).sum()
-            gs = torch.autograd.grad(score, [r.output for r in recs])
+            tb = t[lo:hi].to(z.device)
+            check_outputs(z, tb, finite=False)  # [B, K], the target below K
+            score = z.gather(1, tb[:, None])
+            scores.append(score.detach()[:, 0])
+            gs = torch.autograd.grad(score.sum(), [r.output for r in recs])
         for layer, rec, g in zip(layers, recs, gs):
             acts[layer].append(rec.activation.flatten(1))
             grads[layer].append(g.detach().flatten(1))
+
+    scores = []
+    run_batches(step, len(images), batch_size, workload("layer gradient", model, images), images.device)
+    check_scores(torch.cat(scores))  # every image's, not one pass's: the message names them all
     return {layer: (torch.cat(acts[layer]), torch.cat(grads[layer])) for layer in layers}
 
 
@@ -396,13 +414,16 @@ def _check_sets(concept_images, random_image_sets, model, name="concept_images")
 
 def _multi_activations(model, layers, images, batch_size):
     out = {layer: [] for layer in layers}
-    for i in range(0, len(images), batch_size):
+
+    def step(lo, hi):
         with ExitStack() as stack, torch.no_grad():
             recs = [stack.enter_context(capture(model, layer, gradient=False)) for layer in layers]
             # channels-last runs CPU convolutions about 1.8x faster (helpers.train.logits)
-            model(images[i:i + batch_size].contiguous(memory_format=torch.channels_last))
+            model(images[lo:hi].contiguous(memory_format=torch.channels_last))
         for layer, rec in zip(layers, recs):
             out[layer].append(rec.activation.flatten(1))
+
+    run_batches(step, len(images), batch_size, workload("forward", model, images), images.device)
     return {layer: torch.cat(v) for layer, v in out.items()}
 
 
@@ -426,7 +447,7 @@ def _std(values) -> float:
 
 
 def tcav_experiment(model: nn.Module, layers, concepts: dict, random_image_sets, images: torch.Tensor, target,
-                    seed: int = 0, n_tests: int | None = None, alpha: float = 0.05, batch_size: int = 256) -> dict:
+                    seed: int = 0, n_tests: int | None = None, alpha: float = 0.05, batch_size="auto") -> dict:
     """``tcav_test`` for many concepts ``{name: images}`` and layers at once, each activation computed once.
 
     For every layer: the class images' gradients (one forward and one backward pass for all layers),

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .batching import check_batch_size  # noqa: F401 - the methods take it from here
+
 _MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout2d, nn.Dropout3d)
 
 
@@ -101,16 +103,19 @@ def check_target(target, batch: int, num_outputs: int | None = None, device=None
     return t.to(device) if device is not None else t
 
 
-def check_outputs(out: torch.Tensor, target: torch.Tensor) -> None:
-    """After the first forward pass: the model gives [B, K] scores and the target is below K."""
+def check_outputs(out: torch.Tensor, target: torch.Tensor, finite: bool = True) -> None:
+    """After the first forward pass: the model gives [B, K] scores and the target is below K;
+    the target's scores are finite (``finite=False``: the caller checks them itself)."""
     if out.dim() != 2:
         raise ValueError(f"the model must return scores [B, num_classes], got shape {tuple(out.shape)}")
     if (target >= out.shape[1]).any():
         raise ValueError(f"target {int(target.max())} is out of range for a model with {out.shape[1]} outputs")
-    check_scores(out.gather(1, target.to(out.device)[:, None]))
+    if finite:
+        check_scores(out.gather(1, target.to(out.device)[:, None]))
 
 
-def check_batch_size(batch_size, name: str = "batch_size") -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"{name} must be a positive int, got {batch_size!r}")
-    return batch_size
+def check_count(value, name: str) -> int:
+    """A positive int (a number of samples, steps, images)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value

@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .batching import run_batches, workload
 from .contract import check_batch_size, check_input, check_model, check_outputs, check_target
 from .gradients import blur_baseline, mean_baseline, noise_baseline
 
@@ -160,13 +161,16 @@ def _curve(model, x, t, ranks, start, end, steps, score, batch_size, channels_la
     scores = torch.empty(n_total, dtype=x.dtype, device=x.device)
     if channels_last:  # compose the images in the layout the model will read: no copy per batch
         start, end = (v.contiguous(memory_format=torch.channels_last) for v in (start, end))
+
+    def run(lo, hi):
+        k = torch.arange(lo, hi, device=x.device)
+        step, img = k // b, k % b
+        changed = (ranks[img] < counts[step, None]).view(-1, 1, *x.shape[-2:])
+        images = torch.where(changed, end[img], start[img]) if fill is None else fill(img, changed)
+        scores[lo:hi] = _model_scores(model, images, t[img], score, channels_last)
+
     with torch.no_grad():
-        for lo in range(0, n_total, batch_size):
-            k = torch.arange(lo, min(n_total, lo + batch_size), device=x.device)
-            step, img = k // b, k % b
-            changed = (ranks[img] < counts[step, None]).view(-1, 1, *x.shape[-2:])
-            images = torch.where(changed, end[img], start[img]) if fill is None else fill(img, changed)
-            scores[lo:lo + len(k)] = _model_scores(model, images, t[img], score, channels_last)
+        run_batches(run, n_total, batch_size, workload("forward", model, x), x.device)
     scores = scores.view(n_points, b).T.contiguous()
     fractions = counts.double() / hw
     return Curve(fractions, scores, _auc(fractions, scores))
@@ -180,7 +184,7 @@ def _check_curve_options(steps, score, batch_size):
 
 
 def deletion(model, x: torch.Tensor, target, attr: torch.Tensor, steps: int = 32, substitute="black",
-             order: str = "morf", score: str = "prob", abs: bool = False, batch_size: int = 256,
+             order: str = "morf", score: str = "prob", abs: bool = False, batch_size="auto",
              channels_last: bool = True, seed: int = 0) -> Curve:
     """The deletion curve (Petsiuk, Das & Saenko 2018, RISE, arXiv:1806.07421).
 
@@ -205,7 +209,7 @@ def deletion(model, x: torch.Tensor, target, attr: torch.Tensor, steps: int = 32
 
 
 def insertion(model, x: torch.Tensor, target, attr: torch.Tensor, steps: int = 32, substitute="blur",
-              order: str = "morf", score: str = "prob", abs: bool = False, batch_size: int = 256,
+              order: str = "morf", score: str = "prob", abs: bool = False, batch_size="auto",
               channels_last: bool = True, seed: int = 0) -> Curve:
     """The insertion curve (Petsiuk, Das & Saenko 2018, RISE): the reverse of deletion.
 
@@ -275,7 +279,7 @@ def linear_imputation(x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
 
 
 def road(model, x: torch.Tensor, target, attr: torch.Tensor, steps: int = 10, order: str = "morf",
-         noise: float = 0.01, score: str = "prob", abs: bool = False, seed: int = 0, batch_size: int = 256,
+         noise: float = 0.01, score: str = "prob", abs: bool = False, seed: int = 0, batch_size="auto",
          channels_last: bool = True) -> Curve:
     """ROAD, RemOve And Debias (Rong, Leemann, Borisov, Kasneci & Kasneci 2022, arXiv:2202.00449).
 
@@ -323,36 +327,40 @@ def noise_perturbation(sigma: float = 0.003):
     return perturb
 
 
-def _samples_per_batch(batch_size, b: int, n: int) -> int:
-    """Captum's ``max_examples_per_batch``: that many perturbed images per pass, whole images."""
+def _rounds(batch_size, b: int, n: int):
+    """Captum's ``max_examples_per_batch``: that many perturbed images per pass, whole images, as
+    a batch size in rounds (one perturbed copy of every image per round): None is all at once; an
+    int, ``batch_size // b`` rounds (at least one); "auto" and memory sizes stay as they are."""
     if batch_size is None:
         return n
     check_batch_size(batch_size)
-    return min(max(batch_size // b, 1), n)
+    return min(max(batch_size // b, 1), n) if isinstance(batch_size, int) else batch_size
 
 
-def _perturbed_forward_diffs(model, x, t, perturb_fn, n_samples, k, channels_last):
-    """f(x) - f(x - I) and the perturbations I, chunk by chunk of k samples per image (Captum's order)."""
+def _perturbed_forward_diffs(model, x, t, perturb_fn, n_samples, batch_size, channels_last, use):
+    """``use(k, I, f(x) - f(x - I))`` for the perturbations I, chunk by chunk of k rounds (Captum's order)."""
+
+    def step(lo, hi):
+        k_now = hi - lo
+        out = perturb_fn(x.repeat_interleave(k_now, 0))
+        if not (isinstance(out, tuple | list) and len(out) == 2):
+            raise ValueError("perturb_fn must return (perturbations, perturbed inputs)")
+        pert, xp = out
+        if pert.shape != xp.shape or xp.shape[1:] != x.shape[1:]:
+            raise ValueError(f"perturb_fn returned shapes {tuple(pert.shape)} and {tuple(xp.shape)}, expected "
+                             f"two tensors like x repeated: {(x.shape[0] * k_now, *x.shape[1:])}")
+        diffs = fx.repeat_interleave(k_now, 0) - _model_scores(model, xp, t.repeat_interleave(k_now, 0), "logit",
+                                                               channels_last)
+        use(k_now, pert, diffs)
+
     with torch.no_grad():
         fx = _model_scores(model, x, t, "logit", channels_last)
-        done = 0
-        while done < n_samples:
-            k_now = min(k, n_samples - done)
-            out = perturb_fn(x.repeat_interleave(k_now, 0))
-            if not (isinstance(out, tuple | list) and len(out) == 2):
-                raise ValueError("perturb_fn must return (perturbations, perturbed inputs)")
-            pert, xp = out
-            if pert.shape != xp.shape or xp.shape[1:] != x.shape[1:]:
-                raise ValueError(f"perturb_fn returned shapes {tuple(pert.shape)} and {tuple(xp.shape)}, expected "
-                                 f"two tensors like x repeated: {(x.shape[0] * k_now, *x.shape[1:])}")
-            diffs = fx.repeat_interleave(k_now, 0) - _model_scores(model, xp, t.repeat_interleave(k_now, 0), "logit",
-                                                                   channels_last)
-            yield k_now, pert, diffs
-            done += k_now
+        run_batches(step, n_samples, _rounds(batch_size, x.shape[0], n_samples),
+                    workload("rounds", model, x[None]), x.device)
 
 
 def infidelity(model, x: torch.Tensor, target, attr, perturb_fn, n_samples: int = 10, seed: int = 0,
-               normalize: bool = False, batch_size: int | None = None, channels_last: bool = True):
+               normalize: bool = False, batch_size: int | str | None = None, channels_last: bool = True):
     """Explanation infidelity (Yeh, Hsieh, Suggala, Inouye & Ravikumar 2019, arXiv:1901.09392):
 
         INFD(Phi, f, x) = E_I [ ( I . Phi(x) - (f(x) - f(x - I)) )^2 ]
@@ -362,7 +370,9 @@ def infidelity(model, x: torch.Tensor, target, attr, perturb_fn, n_samples: int 
     and order of operations; Captum's memory layout too with ``channels_last=False``, see below):
     ``perturb_fn(inputs) -> (I, inputs - I)`` is called on x repeated
     image by image (``repeat_interleave``), ``n_samples`` (10) perturbations per image, in chunks of
-    ``batch_size`` perturbed images (None: all at once); ``normalize=True`` first rescales the map
+    ``batch_size`` perturbed images (None, the default: all at once, as Captum; an int or "auto",
+    see ``helpers.batching``, splits them, and as in Captum the split decides which random draw
+    perturbs which image: other draws, as valid, not the same numbers); ``normalize=True`` first rescales the map
     by the best beta = E[I.Phi (f(x) - f(x-I))] / E[(I.Phi)^2], which makes the score invariant to
     the map's scale (without it a map that is right up to a factor scores badly). The global RNG is
     seeded with ``seed`` inside a fork, so the same seed gives the same perturbations (Captum's
@@ -386,18 +396,21 @@ def infidelity(model, x: torch.Tensor, target, attr, perturb_fn, n_samples: int 
         raise TypeError(f"perturb_fn must be a function inputs -> (perturbations, perturbed inputs), got "
                         f"{type(perturb_fn).__name__}")
     _positive_int(n_samples, "n_samples")
-    k = _samples_per_batch(batch_size, x.shape[0], n_samples)
+    _rounds(batch_size, x.shape[0], n_samples)
     b = x.shape[0]
     sums = {name: None for name in attrs}
+
+    def use(k_now, pert, diffs):
+        diffs = diffs.view(b, -1)
+        for name, a in attrs.items():
+            dots = (a.repeat_interleave(k_now, 0) * pert).view(b * k_now, -1).sum(1).view(b, -1)
+            terms = ((dots.pow(2).sum(-1), (dots * diffs).sum(-1), diffs.pow(2).sum(-1)) if normalize
+                     else ((dots - diffs).pow(2).sum(-1),))
+            sums[name] = terms if sums[name] is None else tuple(s + u for s, u in zip(sums[name], terms))
+
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for k_now, pert, diffs in _perturbed_forward_diffs(model, x, t, perturb_fn, n_samples, k, channels_last):
-            diffs = diffs.view(b, -1)
-            for name, a in attrs.items():
-                dots = (a.repeat_interleave(k_now, 0) * pert).view(b * k_now, -1).sum(1).view(b, -1)
-                terms = ((dots.pow(2).sum(-1), (dots * diffs).sum(-1), diffs.pow(2).sum(-1)) if normalize
-                         else ((dots - diffs).pow(2).sum(-1),))
-                sums[name] = terms if sums[name] is None else tuple(s + u for s, u in zip(sums[name], terms))
+        _perturbed_forward_diffs(model, x, t, perturb_fn, n_samples, batch_size, channels_last, use)
     out = {}
     for name, terms in sums.items():
         if normalize:
@@ -410,7 +423,7 @@ def infidelity(model, x: torch.Tensor, target, attr, perturb_fn, n_samples: int 
 
 
 def sensitivity_max(method, model, x: torch.Tensor, target, radius: float = 0.02, n_samples: int = 10,
-                    seed: int = 0, norm="fro", batch_size: int | None = None, **options) -> torch.Tensor:
+                    seed: int = 0, norm="fro", batch_size: int | str | None = None, **options) -> torch.Tensor:
     """Max-sensitivity (Yeh et al. 2019, arXiv:1901.09392), as ``captum.metrics.sensitivity_max``:
 
         SENS_max(Phi, x) = max_{|d|_inf <= r}  || Phi(x + d) - Phi(x) || / || Phi(x) ||
@@ -421,7 +434,9 @@ def sensitivity_max(method, model, x: torch.Tensor, target, radius: float = 0.02
     makes the score a relative change, comparable between methods of different scales.
 
     ``method(model, inputs, target, **options)`` is called once on x, then on x repeated image by
-    image with the noise added, ``batch_size`` perturbed images per call (None: all at once), in
+    image with the noise added, ``batch_size`` perturbed images per call (None, the default: all at
+    once, and ``method`` batches its own passes; an int or "auto" splits them, which changes the
+    draws of a ``method`` that samples, as it draws from the same stream as the noise), in
     Captum's order; the global RNG is seeded with ``seed`` inside a fork (the noise is drawn as
     Captum's default ``perturb_func`` draws it, and a sampling method draws from the same stream).
     Returns ``[B]``.
@@ -433,24 +448,26 @@ def sensitivity_max(method, model, x: torch.Tensor, target, radius: float = 0.02
         raise ValueError(f"radius must be a number >= 0, got {radius!r}")
     _positive_int(n_samples, "n_samples")
     b = x.shape[0]
-    k = _samples_per_batch(batch_size, b, n_samples)
+    rounds = _rounds(batch_size, b, n_samples)
+    best = []
+
+    def step(lo, hi):
+        k_now = hi - lo
+        xe = x.repeat_interleave(k_now, 0)
+        xp = xe + torch.empty(xe.shape, dtype=torch.float32).uniform_(-radius, radius).to(xe.device, xe.dtype)
+        expl = method(model, xp, t.repeat_interleave(k_now, 0), **options).detach()
+        diff = (base.repeat_interleave(k_now, 0) - expl).reshape(b * k_now, -1)
+        sens = torch.norm(diff, p=norm, dim=1, keepdim=True) / base_norm.repeat_interleave(k_now, 0)
+        chunk = sens.view(b, -1).max(1).values
+        best[:] = [chunk if not best else torch.max(best[0], chunk)]
+
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         torch.manual_seed(seed)
         base = method(model, x, t, **options).detach()
         base_norm = torch.norm(base.reshape(b, -1), p=norm, dim=1, keepdim=True)
         base_norm = torch.where(base_norm == 0, torch.ones_like(base_norm), base_norm)
-        best, done = None, 0
-        while done < n_samples:
-            k_now = min(k, n_samples - done)
-            xe = x.repeat_interleave(k_now, 0)
-            xp = xe + torch.empty(xe.shape, dtype=torch.float32).uniform_(-radius, radius).to(xe.device, xe.dtype)
-            expl = method(model, xp, t.repeat_interleave(k_now, 0), **options).detach()
-            diff = (base.repeat_interleave(k_now, 0) - expl).reshape(b * k_now, -1)
-            sens = torch.norm(diff, p=norm, dim=1, keepdim=True) / base_norm.repeat_interleave(k_now, 0)
-            chunk = sens.view(b, -1).max(1).values
-            best = chunk if best is None else torch.max(best, chunk)
-            done += k_now
-    return best
+        run_batches(step, n_samples, rounds, workload(f"sensitivity {id(method)}", model, x[None]), x.device)
+    return best[0]
 
 
 # ------------------------------------------------------------------------------------------
@@ -458,7 +475,7 @@ def sensitivity_max(method, model, x: torch.Tensor, target, radius: float = 0.02
 # ------------------------------------------------------------------------------------------
 
 def faithfulness_correlation(model, x: torch.Tensor, target, attr, n_runs: int = 100, subset_size: int = 224,
-                             baseline: float = 0.0, seed: int = 0, batch_size: int = 256,
+                             baseline: float = 0.0, seed: int = 0, batch_size="auto",
                              channels_last: bool = True):
     """Faithfulness correlation (Bhatt, Weller & Moura 2020, arXiv:2005.00631):
 
@@ -494,12 +511,15 @@ def faithfulness_correlation(model, x: torch.Tensor, target, attr, n_runs: int =
     drops = torch.empty(n_runs * b, dtype=x.dtype, device=x.device)
     with torch.no_grad():
         fx = _model_scores(model, x, t, "logit", channels_last)
-        for lo in range(0, n_runs * b, batch_size):
-            idx = torch.arange(lo, min(n_runs * b, lo + batch_size), device=x.device)
+
+        def step(lo, hi):
+            idx = torch.arange(lo, hi, device=x.device)
             flat = x[img_of[idx]].flatten(1).clone()
             flat.scatter_(1, subsets[idx], baseline)
             drops[idx] = fx[img_of[idx]] - _model_scores(model, flat.view(-1, *x.shape[1:]), t[img_of[idx]], "logit",
                                                          channels_last)
+
+        run_batches(step, n_runs * b, batch_size, workload("forward", model, x), x.device)
     drops = drops.view(n_runs, b).T.double()
     out = {}
     for name, a in attrs.items():

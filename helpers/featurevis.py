@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import check_batch_size, check_input, check_model, check_scores
+from .batching import run_batches, workload
+from .contract import check_batch_size, check_count, check_input, check_model, check_scores
 from .hooks import did_not_run, layer_name, ran_more_than_once, resolve_layer
 
 # ---- objectives ----
@@ -343,8 +344,8 @@ def visualize(model: nn.Module, objective: Objective, *, size: int = 64, steps: 
     The model's parameters are not changed and get no gradient (only the image's is taken).
     """
     check_model(model)
-    check_batch_size(n, "n")
-    check_batch_size(steps, "steps")
+    check_count(n, "n")
+    check_count(steps, "steps")
     if param not in ("fft", "pixel"):
         raise ValueError(f"param must be 'fft' or 'pixel', got {param!r}")
     if not isinstance(objective, Objective):
@@ -410,7 +411,7 @@ def visualize(model: nn.Module, objective: Objective, *, size: int = 64, steps: 
 
 @torch.no_grad()
 def top_activating(model: nn.Module, layer, channel: int, images: torch.Tensor, k: int = 9,
-                   batch_size: int = 256):
+                   batch_size="auto"):
     """The ``k`` images of ``images`` on which ``channel`` of ``layer`` reaches its largest value,
     and where: ``(image_index, y, x, value)``, each a tensor of length k, by value descending.
 
@@ -438,9 +439,11 @@ def top_activating(model: nn.Module, layer, channel: int, images: torch.Tensor, 
     model.eval()
     try:
         with _recording(model, [layer], keep) as outputs:
-            for i in range(0, len(images), batch_size):
-                outputs.run(images[i:i + batch_size].contiguous(memory_format=torch.channels_last))
+            def step(lo, hi):
+                outputs.run(images[lo:hi].contiguous(memory_format=torch.channels_last))
                 maps.append(outputs[layer][0])
+
+            run_batches(step, len(images), batch_size, workload("forward", model, images), images.device)
     finally:
         model.train(was_training)
     best, where = torch.cat(maps).max(1)  # [N]: each image's maximum, and where in [h*w]
@@ -452,7 +455,7 @@ def top_activating(model: nn.Module, layer, channel: int, images: torch.Tensor, 
 
 
 @torch.no_grad()
-def receptive_field(model: nn.Module, layer, y: int, x: int, image_size: int = 64, *, batch_size: int = 32):
+def receptive_field(model: nn.Module, layer, y: int, x: int, image_size: int = 64, *, batch_size="auto"):
     """The input box ``(top, left, bottom, right)`` (bottom/right exclusive, clipped to the image)
     that the unit at (y, x) of ``layer`` can see; on a token layer [B, T, C], (y, 0) is token y.
 
@@ -464,7 +467,7 @@ def receptive_field(model: nn.Module, layer, y: int, x: int, image_size: int = 6
     global pooling layer, or a token after attention, sees the whole image.)
 
     batch_size  probes per forward pass (the answer does not depend on it): memory grows with it,
-                and larger batches run somewhat faster on a CPU
+                and larger batches run somewhat faster on a CPU ("auto": ``helpers.batching``)
     """
     check_model(model)
     for v, n in ((y, "y"), (x, "x"), (image_size, "image_size")):
@@ -489,9 +492,13 @@ def receptive_field(model: nn.Module, layer, y: int, x: int, image_size: int = 6
     model.eval()
     try:
         with _recording(model, [layer], keep) as outputs:
-            for ks in torch.arange(2 * size + 1, device=device).split(batch_size):
+            def step(lo, hi):
+                ks = torch.arange(lo, hi, device=device)
                 outputs.run(probes(ks).contiguous(memory_format=torch.channels_last))  # faster on CPU
                 hits.append(outputs[layer][0])
+
+            sample = torch.empty(1, 3, size, size, dtype=dtype, device="meta")
+            run_batches(step, 2 * size + 1, batch_size, workload("forward", model, sample), device)
     finally:
         model.train(was_training)
     _check_position(model, layer, outputs[layer][1], y, x)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .batching import run_batches, workload
 from .contract import check_batch_size, check_input, check_model, check_outputs, check_target
 from .models import PIXEL_MEAN
 
@@ -66,7 +67,7 @@ def gradient_x_input(model: torch.nn.Module, x: torch.Tensor, target) -> torch.T
 
 
 def smoothgrad(model: torch.nn.Module, x: torch.Tensor, target, n_samples: int = 50,
-               noise_level: float = 0.15, variant: str = "mean", batch_size: int = 64,
+               noise_level: float = 0.15, variant: str = "mean", batch_size="auto",
                generator: torch.Generator | None = None, abs: bool = False) -> torch.Tensor:
     """SmoothGrad and its variants (Smilkov et al. 2017, arXiv:1706.03825; Adebayo et al. 2018).
 
@@ -81,7 +82,9 @@ def smoothgrad(model: torch.nn.Module, x: torch.Tensor, target, n_samples: int =
     The noise is drawn image by image, n_samples each, from ``generator`` (or the global RNG),
     in the same order as Captum's NoiseTunnel: with the same seed and sigma the results agree.
     It is drawn on the generator's device (a CPU generator gives a GPU model the CPU's noise).
-    Samples are processed ``batch_size`` at a time, across image boundaries.
+    Samples are processed ``batch_size`` at a time, across image boundaries ("auto": sized by
+    memory and speed, see ``helpers.batching``). The noise is the same whatever the batch when an
+    image's C*H*W is a multiple of 16 (PyTorch draws normal numbers in blocks of 16).
     """
     check_model(model)
     check_input(x, model=model)
@@ -98,9 +101,9 @@ def smoothgrad(model: torch.nn.Module, x: torch.Tensor, target, n_samples: int =
     sigma = noise_level * (x.amax((1, 2, 3)) - x.amin((1, 2, 3)))  # [B]
     acc = accumulation_dtype(x)  # sums of many gradients, kept free of float32 round-off
     total, total_sq = torch.zeros_like(x, dtype=acc), torch.zeros_like(x, dtype=acc)
-    n_total = x.shape[0] * n_samples
-    for start in range(0, n_total, batch_size):
-        img = torch.arange(start, min(n_total, start + batch_size), device=x.device) // n_samples
+
+    def step(lo, hi):
+        img = torch.arange(lo, hi, device=x.device) // n_samples
         noise = torch.randn((len(img), *x.shape[1:]), generator=generator, dtype=x.dtype,
                             device=x.device if generator is None else generator.device).to(x.device)
         grad = _gradient(model, x[img] + noise * sigma[img].view(-1, 1, 1, 1), t[img])
@@ -110,6 +113,8 @@ def smoothgrad(model: torch.nn.Module, x: torch.Tensor, target, n_samples: int =
         total.index_add_(0, img, grad)
         if variant != "mean":
             total_sq.index_add_(0, img, grad * grad)
+
+    run_batches(step, x.shape[0] * n_samples, batch_size, workload("gradient", model, x), x.device)
     mean, mean_sq = total / n_samples, total_sq / n_samples
     return {"mean": mean, "square": mean_sq, "var": mean_sq - mean * mean}[variant].to(x.dtype)
 
@@ -180,7 +185,7 @@ def _as_baseline(baseline, x: torch.Tensor) -> torch.Tensor:
 
 
 def integrated_gradients(model: torch.nn.Module, x: torch.Tensor, target, baseline=0.0, steps: int = 50,
-                         rule: str = "trapezoid", batch_size: int = 64, return_delta: bool = False,
+                         rule: str = "trapezoid", batch_size="auto", return_delta: bool = False,
                          channels_last: bool = False):
     """Integrated Gradients (Sundararajan, Taly & Yan 2017, arXiv:1703.01365).
 
@@ -195,7 +200,8 @@ def integrated_gradients(model: torch.nn.Module, x: torch.Tensor, target, baseli
     steps       points on the path (>= 2); ``rule`` picks them (see ``path_rule``); the weighted
                 gradients are summed in float64, so many steps lose no accuracy to the sum
     batch_size  path points per forward/backward pass: memory is bounded by it, however many
-                steps are asked for (the points are never all held at once)
+                steps are asked for (the points are never all held at once); "auto" sizes it
+                by memory and speed (``helpers.batching``)
     channels_last  True: pass the path points in channels-last memory layout, about 20% faster on
                 CPU for ImageNet-size images; the same values up to float32 round-off, not bit for
                 bit (False, the default, keeps Captum's arithmetic)
@@ -210,16 +216,18 @@ def integrated_gradients(model: torch.nn.Module, x: torch.Tensor, target, baseli
     diff = x - b
     n_img = x.shape[0]
     total = torch.zeros_like(x, dtype=accumulation_dtype(x))  # float64: exact however many steps
-    n_total = steps * n_img  # ordered step by step, the whole batch at each step (as Captum)
-    for start in range(0, n_total, batch_size):
-        k = torch.arange(start, min(n_total, start + batch_size))
-        step, img = k // n_img, (k % n_img).to(x.device)
-        a = alphas[step].to(x).view(-1, 1, 1, 1)  # x's device and dtype (a float16 model stays float16)
+
+    def step(lo, hi):  # the samples are ordered step by step, the whole batch at each step (as Captum)
+        k = torch.arange(lo, hi)
+        point, img = k // n_img, (k % n_img).to(x.device)
+        a = alphas[point].to(x).view(-1, 1, 1, 1)  # x's device and dtype (a float16 model stays float16)
         points = b[img] + a * diff[img]
         if channels_last:
             points = points.contiguous(memory_format=torch.channels_last)
         grad = _gradient(model, points, t[img])
-        total.index_add_(0, img, (grad * weights[step].to(x.device).view(-1, 1, 1, 1)).to(total.dtype))
+        total.index_add_(0, img, (grad * weights[point].to(x.device).view(-1, 1, 1, 1)).to(total.dtype))
+
+    run_batches(step, steps * n_img, batch_size, workload("gradient", model, x), x.device)
     attr = total.to(x.dtype) * diff  # the weighted sum rounded once, then Captum's product
     if not return_delta:
         return attr

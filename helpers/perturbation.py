@@ -16,7 +16,8 @@ Segment methods take ``segments``: integer labels ``[H, W]`` (shared by the batc
 that use every label 0 .. K-1. A segment is "off" when its pixels are replaced by the baseline (or
 ``hide_color``). They return one value per segment, ``[B, K]`` (K the largest count in the batch;
 an image with fewer segments has zeros after its last one). Every model evaluation runs under
-``torch.no_grad()`` in batches of ``batch_size`` images; nothing about the model or ``x`` changes.
+``torch.no_grad()`` in batches of ``batch_size`` images ("auto": see ``helpers.batching``);
+nothing about the model or ``x`` changes.
 
 ``channels_last=True`` (the default) hands the model its perturbed images in channels-last memory
 layout: on CPU the convolutions run about 25% faster, and the scores move only by float32
@@ -32,7 +33,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .contract import check_batch_size, check_input, check_model, check_outputs, check_target
+from .batching import run_batches, workload
+from .contract import check_batch_size, check_count, check_input, check_model, check_outputs, check_target
 from .gradients import _as_baseline, _gradient
 
 MAX_EXACT_FEATURES = 16  # 2**16 = 65,536 forward passes per image: about half a minute on 2 CPU cores
@@ -88,7 +90,7 @@ def occlusion_masks(size, window, stride) -> torch.Tensor:
 
 
 def occlusion(model: torch.nn.Module, x: torch.Tensor, target, window=8, stride=4, baseline=0.0,
-              batch_size: int = 256, return_passes: bool = False, channels_last: bool = True):
+              batch_size="auto", return_passes: bool = False, channels_last: bool = True):
     """Occlusion (Zeiler & Fergus 2014, arXiv:1311.2901).
 
         drop_p = S_c(x) - S_c(x with window p replaced by the baseline)
@@ -124,12 +126,15 @@ def occlusion(model: torch.nn.Module, x: torch.Tensor, target, window=8, stride=
     masks = occlusion_masks((h, w), window, stride).to(x.device)
     n_img, n_pos = x.shape[0], masks.shape[0]
     drops = torch.empty(n_img, n_pos, dtype=full.dtype, device=x.device)
+
+    def step(lo, hi):
+        k = torch.arange(lo, hi, device=x.device)
+        img, pos = k // n_pos, k % n_pos
+        occluded = torch.where(masks[pos, None], base[img], x[img])
+        drops[img, pos] = full[img] - _scores(model, occluded, t[img], channels_last)
+
     with torch.no_grad():
-        for start in range(0, n_img * n_pos, batch_size):
-            k = torch.arange(start, min(n_img * n_pos, start + batch_size), device=x.device)
-            img, pos = k // n_pos, k % n_pos
-            occluded = torch.where(masks[pos, None], base[img], x[img])
-            drops[img, pos] = full[img] - _scores(model, occluded, t[img], channels_last)
+        run_batches(step, n_img * n_pos, batch_size, workload("forward", model, x), x.device)
     flat = masks.flatten(1).to(drops.dtype)
     attr = ((drops @ flat) / flat.sum(0)).view(n_img, 1, h, w)
     return (attr, n_img * (n_pos + 1)) if return_passes else attr
@@ -221,13 +226,16 @@ def _coalition_scores(model, x1, hide1, t1, seg1, z, batch_size, similarity=Fals
     """S_c of x1 with segment k kept where z[:, k] = 1 and replaced by hide1 where z[:, k] = 0.
     With ``similarity``, also the cosine similarity of each composed image to x1."""
     scores, sims = [], []
+
+    def step(lo, hi):
+        keep = z[lo:hi].bool()[:, seg1]  # [n, H, W]
+        images = torch.where(keep[:, None], x1, hide1)
+        scores.append(_scores(model, images, t1.expand(images.shape[0]), channels_last))
+        if similarity:
+            sims.append(torch.nn.functional.cosine_similarity(images.flatten(1), x1.flatten()[None], dim=1))
+
     with torch.no_grad():
-        for start in range(0, z.shape[0], batch_size):
-            keep = z[start:start + batch_size].bool()[:, seg1]  # [n, H, W]
-            images = torch.where(keep[:, None], x1, hide1)
-            scores.append(_scores(model, images, t1.expand(images.shape[0]), channels_last))
-            if similarity:
-                sims.append(torch.nn.functional.cosine_similarity(images.flatten(1), x1.flatten()[None], dim=1))
+        run_batches(step, z.shape[0], batch_size, workload("forward", model, x1[None]), x1.device)
     return torch.cat(scores), (torch.cat(sims) if similarity else None)
 
 
@@ -254,7 +262,7 @@ def weighted_linear_fit(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, alpha
 def lime(model: torch.nn.Module, x: torch.Tensor, target, segments, n_samples: int = 1000,
          kernel_width: float = 0.25, hide_color=None, seed: int = 0, alpha: float | None = None,
          sampler: str = "lime", distance: str = "binary", surrogate: str = "ridge",
-         batch_size: int = 256, channels_last: bool = True) -> SegmentValues:
+         batch_size="auto", channels_last: bool = True) -> SegmentValues:
     """LIME for images (Ribeiro, Singh & Guestrin 2016, arXiv:1602.04938).
 
     Draw binary vectors z (which segments stay on), score each composed image, weight it by its
@@ -284,7 +292,7 @@ def lime(model: torch.nn.Module, x: torch.Tensor, target, segments, n_samples: i
         raise ValueError(f"surrogate must be 'ridge' or 'lasso', got {surrogate!r}")
     if not kernel_width > 0:
         raise ValueError(f"kernel_width must be > 0, got {kernel_width!r}")
-    check_batch_size(n_samples, "n_samples")
+    check_count(n_samples, "n_samples")
     check_batch_size(batch_size)
     x, t, _ = _prepare(model, x, target)
     seg, counts = _check_segments(segments, x)
@@ -350,7 +358,7 @@ def kernel_shap_coalitions(k: int, n_samples: int, seed: int = 0) -> torch.Tenso
 
 
 def kernel_shap(model: torch.nn.Module, x: torch.Tensor, target, segments, n_samples: int = 500,
-                baseline=0.0, seed: int = 0, endpoint_weight: float = 1e6, batch_size: int = 256,
+                baseline=0.0, seed: int = 0, endpoint_weight: float = 1e6, batch_size="auto",
                 channels_last: bool = True) -> torch.Tensor:
     """KernelSHAP (Lundberg & Lee 2017, arXiv:1705.07874): Shapley values as a weighted regression.
 
@@ -365,7 +373,7 @@ def kernel_shap(model: torch.nn.Module, x: torch.Tensor, target, segments, n_sam
     torch generator seeded with ``seed``, restarted for each image. An image with one or two segments
     gets its exact Shapley values instead (its 2 or 4 coalitions are all there is). Returns ``[B, K]``.
     """
-    check_batch_size(n_samples, "n_samples")
+    check_count(n_samples, "n_samples")
     check_batch_size(batch_size)
     if not endpoint_weight > 0:
         raise ValueError(f"endpoint_weight must be > 0, got {endpoint_weight!r}")
@@ -388,7 +396,7 @@ def kernel_shap(model: torch.nn.Module, x: torch.Tensor, target, segments, n_sam
 
 
 def exact_shapley(model: torch.nn.Module, x: torch.Tensor, target, segments, baseline=0.0,
-                  max_features: int = MAX_EXACT_FEATURES, batch_size: int = 256,
+                  max_features: int = MAX_EXACT_FEATURES, batch_size="auto",
                   channels_last: bool = True) -> torch.Tensor:
     """Shapley values (Shapley 1953) by their definition, evaluating all 2^K coalitions:
 
@@ -455,7 +463,7 @@ def gradient_shap_draws(library: str, batch: int, n_samples: int, n_background: 
 
 
 def expected_gradients(model: torch.nn.Module, x: torch.Tensor, target, background: torch.Tensor,
-                       n_samples: int = 50, seed: int = 0, batch_size: int = 64, draws=None) -> torch.Tensor:
+                       n_samples: int = 50, seed: int = 0, batch_size="auto", draws=None) -> torch.Tensor:
     """Expected gradients (Erion et al. 2021, arXiv:1906.10670), which shap and Captum call GradientSHAP
     (not one of Lundberg & Lee 2017's estimators: those are Kernel, Linear, Deep and Max SHAP).
 
@@ -478,7 +486,7 @@ def expected_gradients(model: torch.nn.Module, x: torch.Tensor, target, backgrou
     x, bg = x.detach(), background.detach().to(device=x.device, dtype=x.dtype)
     n_img = x.shape[0]
     if draws is None:
-        check_batch_size(n_samples, "n_samples")
+        check_count(n_samples, "n_samples")
         g = torch.Generator().manual_seed(seed)
         index = torch.randint(bg.shape[0], (n_img, n_samples), generator=g)
         alpha = torch.rand(n_img, n_samples, generator=g)
@@ -494,9 +502,11 @@ def expected_gradients(model: torch.nn.Module, x: torch.Tensor, target, backgrou
     keep, rest = alpha.to(x.dtype), (1 - alpha).to(x.dtype)  # 1 - alpha in the draws' own precision
     img = torch.arange(n_img, device=x.device).repeat_interleave(n)
     total = torch.zeros_like(x)
-    for start in range(0, n_img * n, batch_size):
-        sl = slice(start, start + batch_size)
-        i, b = img[sl], bg[index[sl]]
-        grad = _gradient(model, keep[sl].view(-1, 1, 1, 1) * x[i] + rest[sl].view(-1, 1, 1, 1) * b, t[i])
+
+    def step(lo, hi):
+        i, b = img[lo:hi], bg[index[lo:hi]]
+        grad = _gradient(model, keep[lo:hi].view(-1, 1, 1, 1) * x[i] + rest[lo:hi].view(-1, 1, 1, 1) * b, t[i])
         total.index_add_(0, i, grad * (x[i] - b))
+
+    run_batches(step, n_img * n, batch_size, workload("gradient", model, x), x.device)
     return total / n

@@ -48,6 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import models as _models  # DATA_DIR and MANIFEST read at call time (tests point them elsewhere)
+from .batching import run_batches, workload
 from .contract import check_batch_size, check_input, check_model, check_scores
 from .hooks import capture, layer_name, resolve_layer
 from .models import load_dermnet, sha256
@@ -66,7 +67,7 @@ def _check_int(value, name: str, low: int = 1) -> int:
 
 
 @torch.no_grad()
-def layer_vectors(model: nn.Module, images: torch.Tensor, layer=LAYER, batch_size: int = 256) -> torch.Tensor:
+def layer_vectors(model: nn.Module, images: torch.Tensor, layer=LAYER, batch_size="auto") -> torch.Tensor:
     """``layer``'s output as one vector per spatial position: ``[N * h * w, C]``, in the order
     (image, row, column), so ``.view(N, h, w, C)`` gives the maps back. A token layer ``[N, T, C]``
     (a ViT block) gives one vector per token, ``[N * T, C]`` (``.view(N, T, C)``), prefix tokens
@@ -75,10 +76,13 @@ def layer_vectors(model: nn.Module, images: torch.Tensor, layer=LAYER, batch_siz
     check_input(images, "images", model=model)
     check_batch_size(batch_size)
     out = []
-    for i in range(0, len(images), batch_size):
+
+    def step(lo, hi):
         with capture(model, layer, gradient=False) as rec:
-            model(images[i:i + batch_size].contiguous(memory_format=torch.channels_last))
+            model(images[lo:hi].contiguous(memory_format=torch.channels_last))
         out.append(_to_vectors(rec.activation))
+
+    run_batches(step, len(images), batch_size, workload("forward", model, images), images.device)
     return torch.cat(out)
 
 
