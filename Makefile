@@ -11,7 +11,7 @@ LAB_FLAGS ?= --no-browser $(if $(filter 0,$(shell id -u)),--allow-root)
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 export PYTHONHASHSEED := 0
 
-.PHONY: lab test test-portable execute lint unit notebooks run data bench clean
+.PHONY: lab test test-portable execute lint unit notebooks run data bench bench-full clean
 # The notebooks that execute/test-portable work on (all of them unless named: NB=notebooks/03_*.ipynb)
 NB ?= notebooks
 # Kernel and thread settings test-portable checks, as ATEN_CPU_CAPABILITY:OMP_NUM_THREADS
@@ -89,9 +89,13 @@ data: $(STAMP)
 	$(BIN)/python -m helpers.train
 	$(BIN)/python -m helpers.sae
 
-## make bench: our helpers against the libraries, as time ratios
+## make bench: our helpers against the libraries, as time ratios, then how cost grows (build/bench/)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+## make bench-full: the default batches on resnet50 and vit_b_16 at 224 px, against a sweep (time, memory)
+bench-full: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_full_size
 
 clean:
 	rm -rf build $(VENV)

@@ -1,4 +1,6 @@
-"""Run every benchmark: ``python -m benchmarks`` (or ``make bench``)."""
+"""Run every benchmark: ``python -m benchmarks`` (or ``make bench``), ending with how cost grows
+(``bench_scaling``: a table and a plot in build/bench/). The full-size bars, resnet50 and vit_b_16
+at 224 px (about 10 minutes on 2 cores), run apart: ``python -m benchmarks.bench_full_size``."""
 
 from benchmarks import (
     bench_224,
@@ -12,6 +14,7 @@ from benchmarks import (
     bench_gradients,
     bench_perturbation,
     bench_sae,
+    bench_scaling,
 )
 
 if __name__ == "__main__":
@@ -36,3 +39,5 @@ if __name__ == "__main__":
     bench_evaluation.main()
     print()
     bench_sae.main()
+    print()
+    bench_scaling.main([])

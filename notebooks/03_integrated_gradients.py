@@ -163,8 +163,9 @@ agree("IG by hand vs helper", ig_by_hand, ours, 1e-6)
 print(f"sum of attributions {fmt(ig_by_hand.sum(), 1)}, score change S(x) - S(b) = {fmt(change, 1)}")
 
 # %% [markdown]
-# The helper walks the same path for a whole batch, `batch_size` path points at a time, so memory
-# stays bounded whatever the number of steps; `path_rule` gives the points and weights of each rule.
+# The helper walks the same path for a whole batch, `batch_size` path points at a time (by
+# default as many as the memory budget allows, see notebook 02), so memory stays bounded whatever
+# the number of steps; `path_rule` gives the points and weights of each rule.
 
 # %%
 print(inspect.getsource(integrated_gradients))
@@ -450,8 +451,8 @@ explorer("Integrated Gradients")
 #   construction; that does not make each pixel's share meaningful. Faithfulness is measured
 #   differently: remove pixels in the map's order and watch the score fall (deletion curves,
 #   Petsiuk et al. 2018), or, on DermSynth, take the ruler away (notebook 00's intervention).
-# - **Cost:** $n$ forward and backward passes per image; memory is bounded by `batch_size`, time is
-#   not.
+# - **Cost:** $n$ forward and backward passes per image; memory is bounded by `batch_size` (or by
+#   the memory budget, by default), time is not.
 
 # %% [markdown]
 # ## 8. Your turn

@@ -184,11 +184,24 @@ print("without the scale, the rebuilt blocks miss by more than 0.01 (every block
 # ## 3. Raw attention: where the CLS token looks
 #
 # `attention_maps(model, x)` returns the list of $[B, \text{heads}, T, T]$ probabilities, one per
-# block. The CLS row of block $l$, head $h$, is `A[l][:, h, 0, 1:]`: 64 weights, one per patch,
-# that `token_map` lays out on the 8×8 grid at image size (each patch's pixels get its weight).
+# block. It wants only the maps, not the model's output, so it takes the other road for its one
+# forward pass: it switches the blocks to timm's unfused path (and back) and reads $A$ where that
+# path hands it to `attn_drop`. That is cheaper than the fused kernel plus a second $QK^\top$
+# (`python -m benchmarks.bench_attention` times both). Round-off apart, they must be the same
+# maps as the recorded ones above:
 
 # %%
+fused_before = [b.attn.fused_attn for b in vit_s.blocks]
 att_s, att_d = attention_maps(vit_s, x), attention_maps(vit_d, x)
+_ = agree("attention_maps (unfused path) vs record_attention (hooked qkv), every block",
+          torch.stack(att_s), torch.stack(rec.attentions), atol=1e-5)
+assert [b.attn.fused_attn for b in vit_s.blocks] == fused_before and count_hooks(vit_s) == 0  # switched back
+
+# %% [markdown]
+# The CLS row of block $l$, head $h$, is `A[l][:, h, 0, 1:]`: 64 weights, one per patch, that
+# `token_map` lays out on the 8×8 grid at image size (each patch's pixels get its weight).
+
+# %%
 one = 0
 cls_rows = {f"block {b}": token_map(att_s[b][one:one + 1].mean(1)[:, 0], vit_s.grid) for b in range(4)}
 cls_rows |= {f"block 3, head {h}": token_map(att_s[3][one:one + 1, h, 0], vit_s.grid) for h in range(4)}

@@ -144,8 +144,9 @@ plt.show()
 # go first). RISE deletes to black and inserts into a blurred image; section 3 shows why we
 # delete to the mean colour instead.
 #
-# All $(S+1) \times B$ images go through the model as batches of 256 in channels-last layout; the
-# helper builds each batch from the pixel ranks, without a Python loop over images or steps:
+# All $(S+1) \times B$ images go through the model in channels-last layout, in batches sized by the
+# memory budget (`helpers.batching`); the helper builds each batch from the pixel ranks, without a
+# Python loop over images or steps:
 
 # %%
 print(inspect.getsource(E._curve))
@@ -188,7 +189,7 @@ with warnings.catch_warnings():
                                    return_aggregate=False)(model=model, x_batch=x[:2].numpy(), y_batch=t[:2].numpy(),
                                                            a_batch=smap[:2].numpy(), device="cpu")
 # Quantus scores one step of both images per forward pass; batch_size=2 makes ours run the same
-# batches, hence the same convolutions (in batches of 256, round-off moves a probability by ~1e-6)
+# batches, hence the same convolutions (in larger batches, round-off moved a probability by 1.2e-6)
 ours = E.deletion(model, x[:2], t[:2], smap[:2], steps=64, substitute=0.0, channels_last=False, batch_size=2)
 _ = agree("deletion vs Quantus PixelFlipping (whole pixels)", ours.scores[:, 1:], np.array(theirs)[:, 2::3], atol=1e-6)
 

@@ -87,9 +87,39 @@ def test_attention_matches_timms_unfused_path(vit, x):
         assert torch.allclose(ours, theirs, atol=1e-6)
 
 
+def test_attention_maps_reads_the_unfused_path_and_agrees_with_the_recording(vit, x):
+    """attention_maps switches the blocks to timm's unfused path for its pass: the maps are those
+    of the hooked qkv (the fused model's) to round-off, and every flag is restored."""
+    with record_attention(vit) as rec, torch.no_grad():
+        vit(x)
+    maps = attention_maps(vit, x)
+    assert all(b.attn.fused_attn for b in vit.blocks) and count_hooks(vit) == 0
+    for ours, recorded in zip(maps, rec.attentions, strict=True):
+        assert torch.allclose(ours, recorded, atol=1e-6)
+    assert max(verify_attention(vit, x)) < 1e-5
+    some = attention_maps(vit, x, layers=[1, 3])  # only those blocks switched
+    assert torch.allclose(some[1], maps[3], atol=1e-6) and all(b.attn.fused_attn for b in vit.blocks)
+
+
+def test_attention_maps_restores_the_flags_and_hooks_when_the_forward_raises(vit):
+    class Boom(Exception):
+        pass
+
+    def explode(module, inputs, output):
+        raise Boom
+
+    handle = vit.blocks[2].register_forward_hook(explode)
+    try:
+        with pytest.raises(Boom):
+            attention_maps(vit, torch.rand(1, 3, 64, 64))
+    finally:
+        handle.remove()
+    assert all(b.attn.fused_attn for b in vit.blocks) and count_hooks(vit) == 0
+
+
 def test_layers_option_and_its_range(vit, x):
     last = attention_maps(vit, x, layers=-1)
-    assert len(last) == 1 and torch.equal(last[0], attention_maps(vit, x)[3])
+    assert len(last) == 1 and torch.allclose(last[0], attention_maps(vit, x)[3], atol=1e-6)  # earlier blocks fused
     with pytest.raises(ValueError, match=r"layers \[4\] out of range for a model with 4 blocks"):
         attention_maps(vit, x, layers=4)
     with pytest.raises(TypeError, match="layers must be"):

@@ -44,7 +44,8 @@ def test_count_passes_counts_each_method(resnet18, images):
              (lambda: grad_cam(resnet18, images, 1), (1, 2, 1, 2)),
              (lambda: integrated_gradients(resnet18, images, 1, steps=8, batch_size=4), (4, 16, 4, 16)),
              (lambda: smoothgrad(resnet18, images, 1, n_samples=3, batch_size=64), (1, 6, 1, 6)),
-             (lambda: occlusion(resnet18, images, 1, window=16, stride=16, batch_size=64), (2, 2 + 2 * 4, 0, 0))]  # x, then 4 windows
+             (lambda: occlusion(resnet18, images, 1, window=16, stride=16, batch_size=64),
+              (2, 2 + 2 * 4, 0, 0))]  # x, then 4 windows
     for run, expected in cases:
         with count_passes(resnet18) as c:
             run()

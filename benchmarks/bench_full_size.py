@@ -1,0 +1,141 @@
+"""Full-size models, default batches: torchvision's resnet50 and vit_b_16 (random weights) at 224 px.
+
+    python -m benchmarks.bench_full_size            # both models
+    python -m benchmarks.bench_full_size resnet50   # one
+
+For each batched method, its default call (``batch_size="auto"``, from a fresh policy: the
+measuring passes are part of the time) against a sweep of fixed batch sizes on the same inputs.
+
+- time: the default call within 1.15x of the fastest size of the sweep (target <= 1.15);
+- memory: the peak resident memory the default call adds, in a fresh process (Linux's VmHWM,
+  reset just before the call), within the memory budget plus the model's own size (target
+  <= 1.0 of that sum). The sweep's largest size is every sample in one pass (the old defaults
+  of 64 and 256 did that here): its added peak is shown beside.
+
+The calls are smaller than a learner's (1 image; 16-48 samples) so that the sweep fits in minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+import torchvision
+
+from helpers import batching
+from helpers.evaluation import deletion
+from helpers.gradients import integrated_gradients, smoothgrad
+from helpers.perturbation import kernel_shap, occlusion
+
+warnings.filterwarnings("ignore")
+
+SWEEP = (2, 4, 8, 16, 64)
+SIZES = {"resnet50": dict(steps=32, samples=48), "vit_b_16": dict(steps=16, samples=24)}
+
+
+def model_and_input(name: str):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    return model, x, torch.tensor([3])
+
+
+def calls(name: str, model, x, t) -> dict:
+    """The method calls, each a function of batch_size."""
+    n = SIZES[name]
+    seg = torch.arange(16).view(4, 4).repeat_interleave(56, 0).repeat_interleave(56, 1)
+    return {
+        "integrated_gradients": lambda bs: integrated_gradients(model, x, t, steps=n["steps"], batch_size=bs),
+        "smoothgrad": lambda bs: smoothgrad(model, x, t, n_samples=n["steps"], batch_size=bs,
+                                            generator=torch.Generator().manual_seed(0)),
+        "occlusion": lambda bs: occlusion(model, x, t, window=32, stride=32 if name == "resnet50" else 48,
+                                          batch_size=bs),
+        "kernel_shap": lambda bs: kernel_shap(model, x, t, seg, n_samples=n["samples"], batch_size=bs),
+        "deletion": lambda bs: deletion(model, x, t, x.mean(1, keepdim=True), steps=n["samples"] - 1, batch_size=bs),
+    }
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+_CHILD = """
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+from benchmarks.bench_full_size import calls, model_and_input
+name, method, bs = sys.argv[1], sys.argv[2], sys.argv[3]
+bs = int(bs) if bs.isdigit() else bs
+model, x, t = model_and_input(name)
+call = calls(name, model, x, t)[method]
+def kb(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+before = kb("VmRSS:")
+open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark to the current RSS
+call(bs)
+print(json.dumps({"added": kb("VmHWM:") - before}))
+"""
+
+
+def added_peak(name: str, method: str, batch_size) -> int:
+    """Bytes of peak resident memory one call adds, in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", _CHILD, name, method, str(batch_size)], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["added"]
+
+
+def run(name: str) -> list[dict]:
+    model, x, t = model_and_input(name)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    budget = batching.memory_budget()
+    rows = []
+    for method, call in calls(name, model, x, t).items():
+        call(4)  # warm the kernels once, for every size alike
+        sweep = {bs: _timed(lambda bs=bs, call=call: call(bs)) for bs in SWEEP}
+        autos = []
+        for _ in range(2):
+            batching.forget()
+            autos.append(_timed(lambda call=call: call("auto")))
+        best = min(sweep, key=sweep.get)
+        row = dict(model=name, method=method, auto_s=min(autos), best_size=best, best_s=sweep[best],
+                   sweep={str(k): round(v, 3) for k, v in sweep.items()},
+                   auto_added=added_peak(name, method, "auto"), all_added=added_peak(name, method, max(SWEEP)),
+                   allowed=budget + model_bytes)
+        rows.append(row)
+        print_row(row, flush=True)
+    return rows
+
+
+def print_header() -> None:
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; budget "
+          f"{batching.memory_budget() / 2**20:.0f} MiB; 224 px, 1 image")
+    print(f"{'model':<9} {'method':<21} {'auto s':>7} {'best s':>7} {'(size)':>6} {'ratio':>6}  "
+          f"{'auto +MB':>8} {'allowed':>8} {'ratio':>6}  {'all-in-one +MB':>14}   targets: <= 1.15, <= 1.0")
+
+
+def print_row(r: dict, flush: bool = False) -> None:
+    print(f"{r['model']:<9} {r['method']:<21} {r['auto_s']:7.2f} {r['best_s']:7.2f} {r['best_size']:>6} "
+          f"{r['auto_s'] / r['best_s']:6.2f}  {r['auto_added'] / 1e6:8.0f} {r['allowed'] / 1e6:8.0f} "
+          f"{r['auto_added'] / r['allowed']:6.2f}  {r['all_added'] / 1e6:14.0f}   sweep "
+          + " ".join(f"{k}:{v:.2f}" for k, v in r["sweep"].items()), flush=flush)
+
+
+def main(names=("resnet50", "vit_b_16")) -> list[dict]:
+    print_header()
+    rows = []
+    for name in names:
+        rows += run(name)
+    return rows
+
+
+if __name__ == "__main__":
+    main(tuple(sys.argv[1:]) or ("resnet50", "vit_b_16"))
