@@ -24,7 +24,8 @@ sensitivity, TCAV, dataset search, receptive fields) take ``batch_size``:
    40). So the passes double in size up to what the budget allows, through sizes that run no
    faster, until one runs slower than the best by more than ``LOSS`` (twice: a new shape's first
    pass can pay one-off costs); they settle at the fastest size seen, a larger one counting as
-   faster only by more than ``GAIN``.
+   faster only by more than ``GAIN``. A rest shorter than half a pass joins the pass before it
+   (when the budget allows), rather than running alone at a slow small size.
 
 What was learnt is kept for the rest of the process, per model, sample shape, dtype, device,
 thread count and kind of pass, so a second call starts at the settled size. The results do not
@@ -267,6 +268,8 @@ def run_batches(step, n: int, batch_size, key: tuple, device=None) -> None:
         cap = max(1, min(MAX_AUTO, int((COUNTED_SHARE * budget - learnt.fixed_bytes) // learnt.bytes_per_sample)))
         size = _next_size(learnt, cap)
         hi = min(n, lo + size)
+        if 0 < n - hi < size // 2 and n - lo <= cap:  # no short tail pass: take the rest in this one
+            hi = n
         _sync(device)
         start = time.perf_counter()
         step(lo, hi)

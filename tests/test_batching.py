@@ -201,10 +201,8 @@ def _agree_across_batches(methods, tol):
     for name, run in methods.items():
         everything = run(ALL)
         batching.forget()
-        _close(run("auto"), everything, f"{name}, auto", tol)
-        _close(run("auto"), everything, f"{name}, auto again (settled)", tol)
+        _close(run("auto"), everything, f"{name}, auto", tol)  # its passes: 2, 4, 8, ... (forward: 4, 8, ...)
         _close(run(1), everything, f"{name}, one at a time", tol)
-        _close(run(3), everything, f"{name}, three at a time", tol)
 
 
 @pytest.mark.parametrize("which", ["dermnet", "resnet18"])

@@ -157,3 +157,21 @@ def test_cnn_methods_on_cuda(images, name):
 @pytest.mark.parametrize("name", list(VIT))
 def test_vit_methods_on_cuda(images, name):
     _check(load_vit("shortcut"), VIT, name, images)
+
+
+def test_auto_batches_on_the_gpu_give_the_cpus_numbers_and_respect_the_budget():
+    """batch_size="auto" counts a CUDA pass's tensors as a CPU pass's (the clocks synchronized):
+    the result is the one-pass result, and no pass's tensors exceed the budget's counted share."""
+    from helpers import batching
+
+    model = load_dermnet("shortcut").cuda()
+    ds = make_dataset(4, clinic="A", seed=0)
+    x, t = ds.images.cuda(), ds.labels.cuda()
+    batching.forget()
+    with torch.backends.cudnn.flags(deterministic=True, benchmark=False):
+        auto = G.integrated_gradients(model, x, t, steps=64, batch_size="64MB")
+        whole = G.integrated_gradients(model, x, t, steps=64, batch_size=10**6)
+    assert auto.is_cuda and torch.allclose(auto, whole, atol=1e-5, rtol=1e-4)
+    learnt = batching._learnt[batching.workload("gradient", model, x)]
+    assert learnt.fixed_bytes + learnt.size * learnt.bytes_per_sample <= batching.COUNTED_SHARE * 64e6 + 1
+    batching.forget()
