@@ -254,7 +254,7 @@ def run_batches(step, n: int, batch_size, key: tuple, device=None) -> None:
     lo = 0
     learnt = _learnt.get(key)
     if learnt is None:
-        peaks = []
+        peaks, rates = [], []
         first = 2 * FIRST_PASS if key[0] == "forward" else FIRST_PASS  # a forward pass holds far less
         for size in (first, 2 * first):  # two sizes: the cost per sample and the fixed cost
             hi = min(n, lo + size)
@@ -263,7 +263,7 @@ def run_batches(step, n: int, batch_size, key: tuple, device=None) -> None:
             with PeakMemory() as mem:
                 step(lo, hi)
             _sync(device)
-            elapsed = time.perf_counter() - start
+            rates.append((hi - lo) / max(time.perf_counter() - start, 1e-9))  # the counting costs little
             peaks.append((hi - lo, max(mem.peak, 1)))
             lo = hi
             if lo == n:
@@ -271,7 +271,9 @@ def run_batches(step, n: int, batch_size, key: tuple, device=None) -> None:
         (a, pa), (b, pb) = peaks
         per = max((pb - pa) / (b - a), pb / b / 4)  # a pass that does not grow with the batch still counts
         learnt = _learnt[key] = _Learnt(bytes_per_sample=per, fixed_bytes=max(pb - b * per, 0.0), size=b,
-                                        rate=b / max(elapsed, 1e-9))  # the counting costs little: keep its time
+                                        rate=rates[1])
+        if rates[0] > (1 + GAIN) * rates[1]:  # the smaller pass was the faster: no reason to grow
+            learnt.size, learnt.rate, learnt.settled = a, rates[0], True
     while lo < n:
         charged = max(0.0, learnt.fixed_bytes - _model_bytes(key))  # the budget is for what comes on top of the model
         cap = max(1, min(MAX_AUTO, int((COUNTED_SHARE * budget - charged) // learnt.bytes_per_sample)))
