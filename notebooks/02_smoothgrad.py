@@ -91,7 +91,8 @@ _ = agree("by hand vs helper", by_hand, ours, atol=1e-6)  # prints the bound; re
 # `batch_size` at a time across image boundaries, so any number of samples fits in memory. The
 # default, `"auto"`, takes as many per pass as a memory budget allows (1 GiB unless
 # `helpers.set_memory_budget` says otherwise), and no more than run fastest on this machine; the
-# policy, and the test that the results do not depend on the batch, live in `helpers.batching`:
+# policy is in `helpers.batching`, and `tests/test_batching.py` checks that the results do not
+# depend on the batch:
 
 # %%
 print(inspect.getsource(smoothgrad))

@@ -186,9 +186,9 @@ print("without the scale, the rebuilt blocks miss by more than 0.01 (every block
 # `attention_maps(model, x)` returns the list of $[B, \text{heads}, T, T]$ probabilities, one per
 # block. It wants only the maps, not the model's output, so it takes the other road for its one
 # forward pass: it switches the blocks to timm's unfused path (and back) and reads $A$ where that
-# path hands it to `attn_drop`. That is cheaper than the fused kernel plus a second $QK^\top$
-# (`python -m benchmarks.bench_attention` times both). Round-off apart, they must be the same
-# maps as the recorded ones above:
+# path hands it to `attn_drop`, instead of computing $A$ a second time beside the fused kernel
+# (`python -m benchmarks.bench_attention` times it against both forwards). Round-off apart, they
+# must be the same maps as the recorded ones above:
 
 # %%
 fused_before = [b.attn.fused_attn for b in vit_s.blocks]
