@@ -4,7 +4,6 @@ import copy
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -86,21 +85,42 @@ def test_peak_memory_counts_what_is_alive_at_once():
     assert 8e6 <= mem.peak < 8.1e6
 
 
-def _allocating_step(bytes_per_sample, fixed=0, sizes=None):
+class _FakeClock:
+    """The policy's clock, advanced only by the steps below, so what the policy chooses cannot
+    depend on the timing noise of a shared machine."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = _FakeClock()
+    monkeypatch.setattr(batching, "time", fake)
+    return fake
+
+
+def _allocating_step(clock, bytes_per_sample, fixed=0, sizes=None, pass_seconds=0.01):
+    """A pass that allocates `bytes_per_sample` a sample plus `fixed` and costs `pass_seconds`
+    whatever its size, so a larger pass is always faster per sample: memory alone limits it."""
     def step(lo, hi):
         if sizes is not None:
             sizes.append(hi - lo)
         keep = [torch.empty(int(bytes_per_sample * (hi - lo)) // 4 + fixed // 4)]
         keep[0].fill_(1.0)
+        clock.now += pass_seconds
     return step
 
 
-def test_no_auto_pass_is_larger_than_the_budget_allows():
+def test_no_auto_pass_is_larger_than_the_budget_allows(clock):
     """The counted tensors are held to COUNTED_SHARE of the budget (the rest is for what the
     count misses): with 1 MB a sample and 3 MB fixed, a 20 MB budget allows (13 - 3) / 1 = 10."""
     share = batching.COUNTED_SHARE
     sizes = []
-    step = _allocating_step(10**6, fixed=3 * 10**6, sizes=sizes)  # 1 MB a sample, 3 MB whatever the size
+    step = _allocating_step(clock, 10**6, fixed=3 * 10**6, sizes=sizes)  # 1 MB a sample, 3 MB whatever the size
     batching.run_batches(step, 500, "20MB", ("test", 1))
     assert sum(sizes) == 500 and sizes[:2] == [2, 4]
     assert max(sizes) <= int(share * 20 - 3)
@@ -116,13 +136,13 @@ def test_no_auto_pass_is_larger_than_the_budget_allows():
     assert set(sizes) == {1}
 
 
-def test_auto_stops_growing_where_the_time_per_sample_stops_falling():
+def test_auto_stops_growing_where_the_time_per_sample_stops_falling(clock):
     sizes = []
 
     def step(lo, hi):  # per sample: 10 ms at 2, 5 at 4, 2.5 at 8, 2.5 at 16 (no gain past 8)
         n = hi - lo
         sizes.append(n)
-        time.sleep(0.0025 * max(n, 8))
+        clock.now += 0.0025 * max(n, 8)
 
     batching.run_batches(step, 200, "auto", ("test", 2))
     learnt = batching._learnt[("test", 2)]
