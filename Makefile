@@ -11,7 +11,7 @@ LAB_FLAGS ?= --no-browser $(if $(filter 0,$(shell id -u)),--allow-root)
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 export PYTHONHASHSEED := 0
 
-.PHONY: lab test test-portable execute lint unit notebooks run data bench bench-full clean
+.PHONY: lab kernel reset test test-portable execute lint unit notebooks run data bench bench-full clean
 # The notebooks that execute/test-portable work on (all of them unless named: NB=notebooks/03_*.ipynb)
 NB ?= notebooks
 # Kernel and thread settings test-portable checks, as ATEN_CPU_CAPABILITY:OMP_NUM_THREADS
@@ -38,12 +38,24 @@ endif
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-## make lab: set everything up, register the kernel and start JupyterLab on notebooks/
-lab: $(STAMP)
-	$(BIN)/python -m ipykernel install --user --name $(KERNEL) \
+## make lab: set everything up, register the course kernel, make your own copy of the notebooks
+## (my_notebooks/, ignored by git: run and save them freely) and start JupyterLab on it
+lab: kernel
+	@$(BIN)/python -m helpers.workspace --lab-settings
+	@echo "Starting JupyterLab on my_notebooks/: open the URL printed below."
+	$(BIN)/jupyter lab $(LAB_FLAGS) --notebook-dir=my_notebooks
+
+## make kernel: register the course's kernel, "Python (interpretability course)", which every
+## notebook asks for (for VS Code or a Jupyter of your own)
+kernel: $(STAMP)
+	@$(BIN)/python -m ipykernel install --user --name $(KERNEL) \
 		--display-name "Python (interpretability course)" >/dev/null
-	@echo "Kernel '$(KERNEL)' registered. Starting JupyterLab: open the URL printed below."
-	$(BIN)/jupyter lab $(LAB_FLAGS) --notebook-dir=notebooks
+	@echo "Kernel '$(KERNEL)' registered."
+
+## make reset NB=04: replace your copy of one notebook with the course's current version (yours
+## moves to my_notebooks/.old/)
+reset: $(STAMP)
+	@$(BIN)/python -m helpers.workspace --reset $(NB)
 
 ## make test: lint, unit tests, then every notebook under nbval
 test: $(STAMP) lint unit notebooks
@@ -67,14 +79,15 @@ test-portable: $(STAMP)
 		ATEN_CPU_CAPABILITY=$$cap OMP_NUM_THREADS=$$threads $(BIN)/pytest -q $(NBVAL) $(NB) || exit 1; \
 	done
 
-## make execute: sync each notebook with its .py twin (the newer wins), re-execute it top to bottom
+## make execute: sync each notebook with its .py twin in notebooks/py/ (the newer wins), re-execute it top to bottom
 ## from a fresh kernel, in place, then sync the twin. COURSE_STRICT=1 makes helpers.report refuse
 ## a printed figure that round-off could move.
 execute: $(STAMP)
 	@for nb in $(if $(filter notebooks,$(NB)),notebooks/[0-9][0-9]_*.ipynb,$(NB)); do \
 		echo "== $$nb"; \
 		$(BIN)/jupytext --quiet --sync $$nb || exit 1; \
-		COURSE_STRICT=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace $$nb || exit 1; \
+		COURSE_STRICT=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.record_timing=False $$nb || exit 1; \
 		$(BIN)/jupytext --quiet --sync $$nb || exit 1; \
 	done
 

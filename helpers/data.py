@@ -156,13 +156,6 @@ def make_dataset(
     # ---- every random draw, in a fixed order, for every image ----
     u_ruler = torch.rand(n, generator=g)
     u_ink, u_hair, u_corners = torch.rand(3, n, generator=g)
-    skin = _draw_skin(n, size, g)
-    lesion_rgb, lesion_alpha = _draw_lesions(y, size, g)
-    ink_alpha = _draw_ink(n, size, g)
-    hair_alpha = _draw_hair(n, size, g)
-    ruler_rgb, ruler_alpha = _draw_ruler(n, size, g)
-    corner_dark = _draw_corners(n, size, g)
-
     p = torch.where(y == MEL, p_ruler[0], p_ruler[1])
     has_ruler = u_ruler < p
     if ruler is not None:
@@ -177,7 +170,32 @@ def make_dataset(
     elif ink is not None:
         has_ink = torch.full((n,), bool(ink))
 
-    # ---- composite: skin, lesion, ink, hair, ruler, then the dermoscope's dark corners ----
+    # ---- the drawing, CHUNK images at a time into the output (same images whatever CHUNK) ----
+    images = torch.empty(n, 3, size, size)
+    masks = {name: torch.empty(n, size, size, dtype=torch.bool) for name in ("lesion", ) + ARTIFACTS}
+    rs = _Random(g, n)
+    for lo in range(0, n, CHUNK):
+        hi = min(lo + CHUNK, n)
+        rs.chunk(lo, hi)
+        _composite(rs, size, y[lo:hi], has_ruler[lo:hi], has_ink[lo:hi], has_hair[lo:hi], has_corners[lo:hi],
+                   images[lo:hi], {name: m[lo:hi] for name, m in masks.items()})
+    return DermSynth(images=images, labels=y, clinic=clinic, has_ruler=has_ruler, masks=masks, seed=int(seed))
+
+
+# make_dataset draws this many images at a time: its working memory is about 0.6 MB an image
+CHUNK = 128
+
+
+def _composite(rs, size, y, has_ruler, has_ink, has_hair, has_corners, images, masks) -> None:
+    """Draw the images of one chunk (rs positioned on it) into `images` and `masks`: skin, lesion,
+    ink, hair, ruler, then the dermoscope's dark corners."""
+    skin = _draw_skin(rs, size)
+    lesion_rgb, lesion_alpha = _draw_lesions(y, size, rs)
+    ink_alpha = _draw_ink(rs, size)
+    hair_alpha = _draw_hair(rs, size)
+    ruler_rgb, ruler_alpha = _draw_ruler(rs, size)
+    corner_dark = _draw_corners(rs, size)
+
     img = _blend(skin, lesion_rgb, lesion_alpha)
     ink_alpha = ink_alpha * has_ink[:, None, None, None]
     img = _blend(img, torch.tensor([0.35, 0.2, 0.55]).view(1, 3, 1, 1), ink_alpha)
@@ -187,17 +205,73 @@ def make_dataset(
     img = _blend(img, ruler_rgb, ruler_alpha)
     corner_dark = corner_dark * has_corners[:, None, None, None]
     img = img * (1 - corner_dark)
-    img = img.clamp_(0, 1)
+    images.copy_(img.clamp_(0, 1))
+    masks["lesion"].copy_(lesion_alpha[:, 0] > 0.5)
+    masks["ruler"].copy_(ruler_alpha[:, 0] > 0)
+    masks["ink"].copy_(ink_alpha[:, 0] > 0.25)
+    masks["hair"].copy_(hair_alpha[:, 0] > 0.25)
+    masks["corners"].copy_(corner_dark[:, 0] > 0.5)
 
-    masks = {
-        "lesion": lesion_alpha[:, 0] > 0.5,
-        "ruler": ruler_alpha[:, 0] > 0,
-        "ink": ink_alpha[:, 0] > 0.25,
-        "hair": hair_alpha[:, 0] > 0.25,
-        "corners": corner_dark[:, 0] > 0.5,
-    }
-    return DermSynth(images=img.contiguous(), labels=y, clinic=clinic, has_ruler=has_ruler,
-                     masks=masks, seed=int(seed))
+
+class _Random:
+    """Every random draw of a batch of `n` images, handed out chunk by chunk, so that the images
+    come out the same bit for bit however many are drawn at once.
+
+    The drawing functions ask for a shape with None where the image index goes (``rs.rand(2,
+    None)`` is ``torch.rand(2, n)``). The k-th request, made while the first chunk is drawn,
+    takes the numbers for all n images from the generator in the original order. A small draw is
+    kept whole and sliced for each chunk. A large one, one image after another in the stream
+    (batch first, and a whole number of 16-value blocks an image, the size at which PyTorch's
+    normal sampler fills blocks of 16 values), is not kept: the generator's state at its start is,
+    the generator is moved past it, and each chunk reads its own images from the saved state in
+    turn, so the memory it holds is one chunk's worth.
+    """
+
+    LARGE = 1024  # values per image from which a draw is streamed rather than kept
+
+    def __init__(self, g: torch.Generator, n: int):
+        self.g, self.total, self.draws, self.k = g, n, [], 0
+        self.lo, self.hi = 0, n
+
+    @property
+    def n(self) -> int:
+        return self.hi - self.lo
+
+    def chunk(self, lo: int, hi: int) -> _Random:
+        self.lo, self.hi, self.k = lo, hi, 0
+        return self
+
+    def rand(self, *shape):
+        return self._next(lambda s, gen: torch.rand(s, generator=gen), shape)
+
+    def randn(self, *shape):
+        return self._next(lambda s, gen: torch.randn(s, generator=gen), shape)
+
+    def randint(self, low: int, high: int, *shape):
+        return self._next(lambda s, gen: torch.randint(low, high, s, generator=gen), shape)
+
+    def _next(self, draw, shape):
+        dim = shape.index(None)
+        per_image = math.prod(d for d in shape if d is not None)
+        if self.k == len(self.draws):  # the first chunk: this draw for all images, in the stream's order
+            full = tuple(self.total if d is None else d for d in shape)
+            if dim == 0 and per_image >= self.LARGE and per_image % 16 == 0 and self.total > self.n:
+                state = self.g.get_state()
+                for lo in range(0, self.total, CHUNK):  # move past it, a chunk at a time
+                    draw((min(CHUNK, self.total - lo), *shape[1:]), self.g)
+                stream = torch.Generator().set_state(state)
+                self.draws.append(["stream", stream, 0])
+            else:
+                self.draws.append(["kept", draw(full, self.g)])
+        entry = self.draws[self.k]
+        self.k += 1
+        if entry[0] == "kept":
+            return entry[1].narrow(dim, self.lo, self.n)
+        _, stream, position = entry
+        if position != self.lo:
+            raise RuntimeError("_Random: chunks must be drawn in order")
+        entry[2] = self.hi
+        return draw((self.n, *shape[1:]), stream)
 
 
 def two_lesions(labels=("mel", "mel"), *, seed: int = 0, shift: int = 16, size: int = IMAGE_SIZE):
@@ -211,8 +285,8 @@ def two_lesions(labels=("mel", "mel"), *, seed: int = 0, shift: int = 16, size: 
         raise ValueError(f"shift must be an int in [0, {size // 2}), got {shift!r}")
     y = _as_labels(list(labels), 2)
     g = torch.Generator().manual_seed(int(seed))
-    img = _draw_skin(1, size, g)
-    rgb, alpha = _draw_lesions(y, size, g)
+    img = _draw_skin(_Random(g, 1), size)
+    rgb, alpha = _draw_lesions(y, size, _Random(g, 2))
 
     def moved(t: torch.Tensor, by: int) -> torch.Tensor:  # columns shifted by ``by``, zeros moved in
         return F.pad(t, (max(by, 0), max(-by, 0)))[..., max(-by, 0):max(-by, 0) + size]
@@ -258,15 +332,15 @@ def _col(t: torch.Tensor) -> torch.Tensor:
     return t.view(t.shape[0], -1, 1, 1)
 
 
-def _smooth_noise(n: int, c: int, size: int, cells: int, g: torch.Generator) -> torch.Tensor:
+def _smooth_noise(rs: _Random, c: int, size: int, cells: int) -> torch.Tensor:
     """Band-limited noise: a coarse random grid, bilinearly upsampled (unit-ish variance)."""
-    coarse = torch.randn(n, c, cells, cells, generator=g)
+    coarse = rs.randn(None, c, cells, cells)
     return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def _coarse(n: int, cells: int, g: torch.Generator) -> torch.Tensor:
+def _coarse(rs: _Random, cells: int) -> torch.Tensor:
     """Uniform random numbers on a coarse grid, [N, 1, cells, cells] (see _spots)."""
-    return torch.rand(n, 1, cells, cells, generator=g)
+    return rs.rand(None, 1, cells, cells)
 
 
 def _spots(coarse: torch.Tensor, density: float, size: int) -> torch.Tensor:
@@ -279,18 +353,18 @@ def _blend(base: torch.Tensor, top: torch.Tensor, alpha: torch.Tensor) -> torch.
     return base * (1 - alpha) + top * alpha
 
 
-def _draw_skin(n: int, size: int, g: torch.Generator) -> torch.Tensor:
-    tone = torch.rand(n, generator=g)  # 0 light ... 1 dark
+def _draw_skin(rs: _Random, size: int) -> torch.Tensor:
+    tone = rs.rand(None)  # 0 light ... 1 dark
     light = torch.tensor([0.96, 0.80, 0.70])
     dark = torch.tensor([0.52, 0.36, 0.26])
     base = light + tone[:, None] * (dark - light)  # [N, 3]
-    blotch = 0.035 * _smooth_noise(n, 1, size, 6, g)
-    redness = 0.03 * _smooth_noise(n, 1, size, 4, g) * torch.tensor([1.0, -0.4, -0.4]).view(1, 3, 1, 1)
-    grain = 0.012 * torch.randn(n, 1, size, size, generator=g)
+    blotch = 0.035 * _smooth_noise(rs, 1, size, 6)
+    redness = 0.03 * _smooth_noise(rs, 1, size, 4) * torch.tensor([1.0, -0.4, -0.4]).view(1, 3, 1, 1)
+    grain = 0.012 * rs.randn(None, 1, size, size)
     return _col(base) + blotch + redness + grain
 
 
-def _draw_lesions(y: torch.Tensor, size: int, g: torch.Generator):
+def _draw_lesions(y: torch.Tensor, size: int, rs: _Random):
     """Lesion colour [N, 3, H, W] and coverage alpha [N, 1, H, W] for each image's class."""
     n = y.shape[0]
     xx, yy = _grid(size)
@@ -302,7 +376,7 @@ def _draw_lesions(y: torch.Tensor, size: int, g: torch.Generator):
     melanocytic = (y == MEL) | (y == NV)
     lo = torch.where(y == MEL, ATYPIA["mel"][0], ATYPIA["nv"][0])
     hi = torch.where(y == MEL, ATYPIA["mel"][1], ATYPIA["nv"][1])
-    atypia = torch.where(melanocytic, lo + (hi - lo) * torch.rand(n, generator=g), 0.0)
+    atypia = torch.where(melanocytic, lo + (hi - lo) * rs.rand(None), 0.0)
 
     def per_class(values, atypical=None):  # a value per class -> a value per image
         v = torch.tensor(values, dtype=torch.float32)[y]
@@ -311,17 +385,17 @@ def _draw_lesions(y: torch.Tensor, size: int, g: torch.Generator):
         return v
 
     # geometry (the values for mel and nv are replaced by the atypia ramp)
-    cx, cy = (torch.rand(2, n, generator=g) - 0.5) * 0.24
-    radius = per_class([0.40, 0.38, 0.40, 0.28, 0, 0, 0.30], (0.34, 0.44)) * (0.85 + 0.3 * torch.rand(n, generator=g))
-    aspect = 1 + per_class([0.25, 0.2, 0.2, 0.1, 0, 0, 0.15], (0.05, 0.3)) * torch.rand(n, generator=g)
-    angle = torch.rand(n, generator=g) * math.pi
+    cx, cy = (rs.rand(2, None) - 0.5) * 0.24
+    radius = per_class([0.40, 0.38, 0.40, 0.28, 0, 0, 0.30], (0.34, 0.44)) * (0.85 + 0.3 * rs.rand(None))
+    aspect = 1 + per_class([0.25, 0.2, 0.2, 0.1, 0, 0, 0.15], (0.05, 0.3)) * rs.rand(None)
+    angle = rs.rand(None) * math.pi
     # low harmonics bend the outline (asymmetry); high harmonics roughen the border
     k_low = torch.arange(1, 4, dtype=torch.float32)
     k_high = torch.arange(5, 12, dtype=torch.float32)
-    a_low = per_class([0.12, 0.08, 0.05, 0.03, 0, 0, 0.04], (0.02, 0.22))[:, None] * torch.rand(n, 3, generator=g)
-    a_high = per_class([0.035, 0.02, 0.012, 0.01, 0, 0, 0.01], (0.005, 0.045))[:, None] * torch.rand(n, 7, generator=g)
-    ph_low = torch.rand(n, 3, generator=g) * 2 * math.pi
-    ph_high = torch.rand(n, 7, generator=g) * 2 * math.pi
+    a_low = per_class([0.12, 0.08, 0.05, 0.03, 0, 0, 0.04], (0.02, 0.22))[:, None] * rs.rand(None, 3)
+    a_high = per_class([0.035, 0.02, 0.012, 0.01, 0, 0, 0.01], (0.005, 0.045))[:, None] * rs.rand(None, 7)
+    ph_low = rs.rand(None, 3) * 2 * math.pi
+    ph_high = rs.rand(None, 7) * 2 * math.pi
     edge = per_class([0.06, 0.03, 0.012, 0.04, 0.02, 0.02, 0.012])
 
     dx, dy = xx - _col(cx), yy - _col(cy)
@@ -346,23 +420,23 @@ def _draw_lesions(y: torch.Tensor, size: int, g: torch.Generator):
     ])[y]
     typical, atypical = torch.tensor([0.52, 0.34, 0.22]), torch.tensor([0.38, 0.24, 0.16])
     base = torch.where(melanocytic[:, None], typical + atypia[:, None] * (atypical - typical), base)
-    shade = 1 + 0.12 * (torch.rand(n, generator=g) - 0.5)
+    shade = 1 + 0.12 * (rs.rand(None) - 0.5)
     rgb = _col(base * shade[:, None]).expand(n, 3, size, size).clone()
-    texture = 0.03 * _smooth_noise(n, 1, size, 10, g)
+    texture = 0.03 * _smooth_noise(rs, 1, size, 10)
     # Each class's cue. The random numbers are drawn for every image (so the draw order never
     # depends on the labels); the full-size drawing is done only for the images of that class.
-    white_scale = _coarse(n, 20, g)
-    rough_tex = torch.randn(n, 1, size, size, generator=g)
-    warp = torch.randn(n, 2, 5, 5, generator=g)
-    freq = 5 + 3 * torch.rand(n, 2, generator=g)
-    ph = torch.rand(n, 2, generator=g) * 2 * math.pi
-    nests = _coarse(n, 10, g)
-    cysts, pores = _coarse(n, 18, g), _coarse(n, 18, g)
-    blotch_at = (torch.rand(2, n, generator=g) - 0.5) * 0.5
-    light_zone = torch.randn(n, 1, 4, 4, generator=g)
-    veil_at = (torch.rand(2, n, generator=g) - 0.5) * 0.6
-    has_veil = torch.rand(n, generator=g) < 0.7
-    lacunae = _coarse(n, 9, g)
+    white_scale = _coarse(rs, 20)
+    rough_tex = rs.randn(None, 1, size, size)
+    warp = rs.randn(None, 2, 5, 5)
+    freq = 5 + 3 * rs.rand(None, 2)
+    ph = rs.rand(None, 2) * 2 * math.pi
+    nests = _coarse(rs, 10)
+    cysts, pores = _coarse(rs, 18), _coarse(rs, 18)
+    blotch_at = (rs.rand(2, None) - 0.5) * 0.5
+    light_zone = rs.randn(None, 1, 4, 4)
+    veil_at = (rs.rand(2, None) - 0.5) * 0.6
+    has_veil = rs.rand(None) < 0.7
+    lacunae = _coarse(rs, 9)
 
     def colour(c):
         return torch.tensor(c).view(1, 3, 1, 1)
@@ -421,14 +495,14 @@ def _line_alpha(dist: torch.Tensor, half_width: torch.Tensor | float, px: float)
     return ((half_width - dist) / px + 0.5).clamp(0, 1)
 
 
-def _draw_ink(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+def _draw_ink(rs: _Random, size: int) -> torch.Tensor:
     """A surgical-marker arc around the lesion area."""
     xx, yy = _grid(size)
     px = 2 / size
-    cx, cy = (torch.rand(2, n, generator=g) - 0.5) * 0.2
-    r = 0.62 + 0.12 * torch.rand(n, generator=g)
-    start = torch.rand(n, generator=g) * 2 * math.pi
-    span = 0.8 + 1.6 * torch.rand(n, generator=g)
+    cx, cy = (rs.rand(2, None) - 0.5) * 0.2
+    r = 0.62 + 0.12 * rs.rand(None)
+    start = rs.rand(None) * 2 * math.pi
+    span = 0.8 + 1.6 * rs.rand(None)
     dx, dy = xx - _col(cx), yy - _col(cy)
     dist = (torch.sqrt(dx * dx + dy * dy) - _col(r)).abs()
     ang = torch.remainder(torch.atan2(dy, dx) - _col(start), 2 * math.pi)
@@ -436,15 +510,15 @@ def _draw_ink(n: int, size: int, g: torch.Generator) -> torch.Tensor:
     return _line_alpha(dist, 1.2 * px, px) * on_arc * 0.9
 
 
-def _draw_hair(n: int, size: int, g: torch.Generator, k: int = 3) -> torch.Tensor:
+def _draw_hair(rs: _Random, size: int, k: int = 3) -> torch.Tensor:
     """Up to k thin, slightly curved dark hairs across the image."""
     xx, yy = _grid(size)
     px = 2 / size
-    ang = torch.rand(n, k, generator=g) * math.pi
-    off = (torch.rand(n, k, generator=g) - 0.5) * 1.6
-    bend = (torch.rand(n, k, generator=g) - 0.5) * 0.25
-    freq = 1 + 2 * torch.rand(n, k, generator=g)
-    count = torch.randint(1, k + 1, (n,), generator=g)
+    ang = rs.rand(None, k) * math.pi
+    off = (rs.rand(None, k) - 0.5) * 1.6
+    bend = (rs.rand(None, k) - 0.5) * 0.25
+    freq = 1 + 2 * rs.rand(None, k)
+    count = rs.randint(1, k + 1, None)
     nx, ny = torch.cos(ang)[..., None, None], torch.sin(ang)[..., None, None]
     along = -xx * ny + yy * nx
     wobble = bend[..., None, None] * torch.sin(freq[..., None, None] * along * math.pi)
@@ -454,15 +528,15 @@ def _draw_hair(n: int, size: int, g: torch.Generator, k: int = 3) -> torch.Tenso
     return alpha.amax(1, keepdim=True) * 0.85
 
 
-def _draw_ruler(n: int, size: int, g: torch.Generator):
+def _draw_ruler(rs: _Random, size: int):
     """A light ruler strip with black tick marks along one edge. Returns colour and alpha."""
     xx, yy = _grid(size)
     px = 2 / size
-    side = torch.randint(4, (n,), generator=g)  # 0 top, 1 bottom, 2 left, 3 right
-    inset = (1 + 2 * torch.rand(n, generator=g)) * px
-    width = (6 + 3 * torch.rand(n, generator=g)) * px
-    tick_phase = torch.rand(n, generator=g) * 4 * px
-    tint = 0.88 + 0.1 * torch.rand(n, generator=g)
+    side = rs.randint(0, 4, None)  # 0 top, 1 bottom, 2 left, 3 right
+    inset = (1 + 2 * rs.rand(None)) * px
+    width = (6 + 3 * rs.rand(None)) * px
+    tick_phase = rs.rand(None) * 4 * px
+    tint = 0.88 + 0.1 * rs.rand(None)
     # distance from the chosen edge (across the strip) and position along it
     sel = _col(side.float())
     across = torch.where(sel == 0, yy + 1, torch.where(sel == 1, 1 - yy, torch.where(sel == 2, xx + 1, 1 - xx)))
@@ -477,14 +551,14 @@ def _draw_ruler(n: int, size: int, g: torch.Generator):
     tick_len = torch.where(long > 0, 0.7 * _col(width), 0.4 * _col(width))
     ticks = tick * (t < tick_len).float()
     paper = torch.stack([tint, tint, tint * 0.9], 1)  # slightly yellowish white
-    rgb = _col(paper).expand(n, 3, size, size) * (1 - ticks) + 0.08 * ticks
+    rgb = _col(paper).expand(rs.n, 3, size, size) * (1 - ticks) + 0.08 * ticks
     return rgb, inside * 0.96
 
 
-def _draw_corners(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+def _draw_corners(rs: _Random, size: int) -> torch.Tensor:
     """Dermoscope vignette: black outside a circle centred near the middle."""
     xx, yy = _grid(size)
-    r = 1.02 + 0.2 * torch.rand(n, generator=g)
-    cx, cy = (torch.rand(2, n, generator=g) - 0.5) * 0.1
+    r = 1.02 + 0.2 * rs.rand(None)
+    cx, cy = (rs.rand(2, None) - 0.5) * 0.1
     rho = torch.sqrt((xx - _col(cx)) ** 2 + (yy - _col(cy)) ** 2)
     return torch.sigmoid((rho - _col(r)) / 0.02) * 0.97

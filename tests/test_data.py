@@ -1,8 +1,14 @@
-"""DermSynth: determinism, masks, clinic statistics, arguments."""
+"""DermSynth: determinism, masks, clinic statistics, arguments, memory."""
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import data
 from helpers.data import CLASSES, CLINICS, MEL, make_dataset
 
 
@@ -132,3 +138,68 @@ def test_two_lesions_moves_without_wrapping():
     assert not right[0, :, :16].any() and not left[0, :, -16:].any()  # nothing wrapped around the frame
     with pytest.raises(ValueError, match="shift"):
         two_lesions(shift=40)
+
+
+# ---- the same images however many are drawn at once, in bounded memory ---------------------
+
+def _digest(ds) -> str:
+    h = hashlib.sha256()
+    for t in (ds.images, ds.labels, ds.has_ruler, *(ds.masks[k] for k in sorted(ds.masks))):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+DRAWS = [dict(n=300, clinic="A", seed=0), dict(n=257, clinic="B", seed=3, ruler=True),
+         dict(n=100, clinic="C", seed=7, ink=False, size=96),
+         dict(n=40, clinic="A", seed=2, labels="akiec", p_ruler=(0.5, 0.2))]
+# the digests of these draws as make_dataset made them all at once, before it drew in chunks
+# (PyTorch's scalar and AVX2 kernels round a few transcendental functions differently)
+BEFORE_CHUNKS = {
+    "DEFAULT": ["9ebf284572766efe", "10c42e79e4d02054", "872df1f6a5b02adf", "6f230674484bff49"],
+    "AVX2": ["4558333f810fc864", "4c05b58e9923607d", "05e5d7c9267d91cf", "56bf5b9c2d649fb0"],
+}
+
+
+@pytest.mark.parametrize("chunk", [7, 128, 10**9])
+def test_the_images_do_not_depend_on_how_many_are_drawn_at_once(chunk, monkeypatch):
+    monkeypatch.setattr(data, "CHUNK", chunk)
+    digests = [_digest(make_dataset(**kwargs)) for kwargs in DRAWS]
+    monkeypatch.setattr(data, "CHUNK", 10**9)  # one chunk: every image drawn at once
+    assert digests == [_digest(make_dataset(**kwargs)) for kwargs in DRAWS]
+    before = BEFORE_CHUNKS.get(torch.backends.cpu.get_cpu_capability())
+    if before is not None:
+        assert digests == before
+
+
+def _output_bytes(ds) -> int:
+    return sum(t.numel() * t.element_size() for t in (ds.images, ds.labels, ds.has_ruler, *ds.masks.values()))
+
+
+@pytest.mark.parametrize("n", [1, 3000])
+def test_make_dataset_holds_at_most_one_and_a_half_times_its_output_plus_200_mb(n):
+    """Counted as the tensors alive at once (batching.PeakMemory); the process's own peak is
+    checked below. Drawing all at once held 13x the output."""
+    from helpers.batching import PeakMemory
+
+    with PeakMemory() as mem:
+        ds = make_dataset(n, seed=1)
+    assert mem.peak <= 1.5 * _output_bytes(ds) + 200e6, (mem.peak, _output_bytes(ds))
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads Linux's peak resident memory")
+def test_make_dataset_peak_resident_memory_is_within_the_bar():
+    code = """
+import torch
+from helpers.data import make_dataset
+make_dataset(8)
+def hwm():
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+open("/proc/self/clear_refs", "w").write("5")
+base = hwm()
+ds = make_dataset(4000, seed=2)
+out = sum(t.numel() * t.element_size() for t in (ds.images, ds.labels, ds.has_ruler, *ds.masks.values()))
+print(hwm() - base, out)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    added, output = map(int, result.stdout.split())
+    assert added <= 1.5 * output + 200e6, (added, output)

@@ -252,5 +252,5 @@ def test_self_check_names_real_checkers_that_their_notebooks_call():
     root = Path(__file__).resolve().parent.parent / "notebooks"
     for item in SELF_CHECK:
         assert callable(getattr(exercises, item["checker"], None)), item["checker"]
-        (path,) = root.glob(f"{item['notebook']}_*.py")
+        (path,) = (root / "py").glob(f"{item['notebook']}_*.py")
         assert f"{item['checker']}(" in path.read_text(), f"{path.name} does not call {item['checker']}"

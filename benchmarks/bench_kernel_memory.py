@@ -1,0 +1,73 @@
+"""How much memory each notebook's kernel holds once it has run top to bottom.
+
+    python -m benchmarks.bench_kernel_memory              # every notebook (about 8 minutes)
+    python -m benchmarks.bench_kernel_memory 00 10         # some
+
+A learner keeps several notebooks open, each with its own kernel, so what matters on an 8 GB
+laptop is the resident memory a kernel keeps after its notebook has run (bar: 1.2 GB each), and
+the most it held on the way (its peak, Linux's VmHWM). Each notebook runs in a fresh kernel on
+a copy; nothing in the checkout changes. ``make notebooks`` checks the same bar after each
+notebook under nbval (conftest.py), so a notebook that grows past it fails the tests; this
+script prints the table. It writes build/bench/kernel_memory.md.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BAR = 1.2e9
+
+
+def _status_bytes(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def measure(path: Path) -> tuple[float, int | None, int | None]:
+    """(seconds, resident bytes after the last cell, peak resident bytes) of `path` run alone."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(str(path), as_version=4)
+    client = NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    with client.setup_kernel():
+        for index, cell in enumerate(nb.cells):
+            client.execute_cell(cell, index)
+        pid = client.km.provisioner.process.pid
+        rss, peak = _status_bytes(pid, "VmRSS"), _status_bytes(pid, "VmHWM")
+    return time.perf_counter() - start, rss, peak
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if argv:
+        notebooks = [p for p in notebooks if p.name[:2] in {a.zfill(2) for a in argv}]
+    rows = []
+    print(f"{'notebook':<36} {'seconds':>8} {'kept GB':>8} {'peak GB':>8}  bar {BAR / 1e9:.1f} GB kept")
+    for path in notebooks:
+        seconds, rss, peak = measure(path)
+        ok = "ok" if rss is not None and rss <= BAR else "OVER"
+        rows.append((path.name, seconds, rss, peak, ok))
+        print(f"{path.name:<36} {seconds:8.1f} {rss / 1e9:8.2f} {peak / 1e9:8.2f}  {ok}", flush=True)
+    out = ROOT / "build" / "bench" / "kernel_memory.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["| notebook | seconds | kept (GB) | peak (GB) | kept <= 1.2 GB |", "|---|---|---|---|---|"]
+    lines += [f"| {n} | {s:.0f} | {r / 1e9:.2f} | {p / 1e9:.2f} | {ok} |" for n, s, r, p, ok in rows]
+    out.write_text("\n".join(lines) + "\n")
+    print(f"\nwrote {out.relative_to(ROOT)}")
+    if any(ok != "ok" for *_, ok in rows):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
