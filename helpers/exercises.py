@@ -72,6 +72,13 @@ def run_learner(name: str, fn, *args, **kwargs):
         return None, CheckResult(False, name, f"your function raised {type(err).__name__}: {err}")
 
 
+def not_a_tensor(name: str, yours, prefix: str = "") -> CheckResult:
+    """The verdict for a learner's function that returned something other than a tensor; ``None``
+    (a function with no ``return``) says so."""
+    hint = ": did you forget `return`?" if yours is None else ""
+    return CheckResult(False, name, f"{prefix}expected a torch.Tensor, got {type(yours).__name__}{hint}")
+
+
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
     return a.shape == b.shape and torch.allclose(a, b, atol=atol, rtol=rtol)
 
@@ -80,7 +87,7 @@ def compare(yours, ours: torch.Tensor, *, name: str = "result", atol: float = 1e
             rtol: float = 1e-4) -> CheckResult:
     """Compare a learner's tensor with ours and explain the most likely mistake."""
     if not isinstance(yours, torch.Tensor):
-        return CheckResult(False, name, f"expected a torch.Tensor, got {type(yours).__name__}")
+        return not_a_tensor(name, yours)
     yours = yours.detach().to(dtype=torch.float64, device="cpu")
     ours = ours.detach().to(dtype=torch.float64, device="cpu")
     shape, want = tuple(yours.shape), tuple(ours.shape)
@@ -91,6 +98,9 @@ def compare(yours, ours: torch.Tensor, *, name: str = "result", atol: float = 1e
             hint += " (the right number of values in the wrong layout: a permute, view or squeeze?)"
         elif ours.dim() == 4 and yours.dim() == 4 and shape[1] == 1 and want[1] > 1:
             hint += " (you summed over the channels: keep one value per channel)"
+        elif ours.dim() == 4 and want[1] > 1 and shape == want[:1] + want[2:]:
+            hint += (" (the channel dimension is missing: did you reduce over the channels?"
+                     + (" Or is the batch dimension missing?)" if shape == want[1:] else ")"))
         elif len(shape) == len(want) - 1 and shape == want[1:]:
             hint += " (the batch dimension is missing: return one result per image)"
         elif len(shape) == len(want) + 1 and shape[1:] == want:
@@ -418,7 +428,7 @@ def check_grad_cam_weights(your_fn, layer: str = "layer4") -> CheckResult:
     except Exception as err:
         return CheckResult(False, "grad_cam_weights", f"your function raised {type(err).__name__}: {err}")
     if not isinstance(weights, torch.Tensor):
-        return CheckResult(False, "grad_cam_weights", f"expected a torch.Tensor, got {type(weights).__name__}")
+        return not_a_tensor("grad_cam_weights", weights)
     weights = weights.detach()
     if weights.shape == act.shape[:2] + (1, 1):
         weights = weights[:, :, 0, 0]
@@ -500,7 +510,7 @@ def _call(your_fn, name: str, *args):
     except Exception as err:  # the learner's code: report, do not crash the notebook
         return CheckResult(False, name, f"your function raised {type(err).__name__}: {err}")
     if not isinstance(yours, torch.Tensor):
-        return CheckResult(False, name, f"expected a torch.Tensor, got {type(yours).__name__}")
+        return not_a_tensor(name, yours)
     return yours.detach().double().flatten()
 
 
@@ -1585,7 +1595,7 @@ def check_occlusion_masks(your_fn) -> CheckResult:
             return verdict
         ours = occlusion_masks((size, size), (window, window), (stride, stride))
         if not isinstance(yours, torch.Tensor):
-            return CheckResult(False, name, f"{case}: expected a torch.Tensor, got {type(yours).__name__}")
+            return not_a_tensor(name, yours, prefix=f"{case}: ")
         yours = yours.bool()
         if yours.dim() != 3 or yours.shape[1:] != ours.shape[1:]:
             return CheckResult(False, name, f"{case}: shape {tuple(yours.shape)}, expected [P, {size}, {size}]")

@@ -35,6 +35,32 @@ def test_compare_diagnoses(ref, make, word):
     assert result.passed == (word == "matches")
 
 
+def test_compare_hints_at_a_missing_return(ref):
+    message = compare(None, ref).message
+    assert "expected a torch.Tensor, got NoneType: did you forget `return`?" in message
+    assert "return" not in compare(ref.numpy(), ref).message  # only None means no return
+
+
+def test_compare_hints_at_a_reduction_over_the_channels():
+    ours = torch.randn(4, 3, 8, 8)
+    message = compare(ours.sum(1), ours).message
+    assert "shape (4, 8, 8), expected (4, 3, 8, 8)" in message and "reduce over the channels" in message
+    # not for other shapes: a missing batch dimension, or a map with one channel (a squeeze)
+    assert "channels" not in compare(ours[0], ours).message
+    assert "channels" not in compare(torch.randn(4, 8, 8), torch.randn(4, 1, 8, 8)).message
+    # as many images as channels: either dimension may be the missing one, and both are named
+    square = torch.randn(3, 3, 8, 8)
+    message = compare(square.sum(1), square).message
+    assert "reduce over the channels" in message and "batch dimension" in message
+
+
+def test_every_checker_hints_at_a_missing_return():
+    from helpers.exercises import check_grad_cam_weights, check_occlusion_masks
+
+    assert "did you forget `return`?" in check_grad_cam_weights(lambda act, grad: None).message
+    assert "did you forget `return`?" in check_occlusion_masks(lambda size, window, stride: None).message
+
+
 def test_compare_missing_abs_and_relu(ref):
     assert "without the absolute value" in compare(ref, ref.abs()).message
     assert "before a ReLU" in compare(ref, ref.clamp_min(0)).message
