@@ -57,17 +57,26 @@ kernel: $(STAMP)
 reset: $(STAMP)
 	@$(BIN)/python -m helpers.workspace --reset $(NB)
 
-## make test: lint, unit tests, then every notebook under nbval
-test: $(STAMP) lint unit notebooks
+# JOBS: worker processes for the tests (pytest-xdist); each notebook runs whole in one worker.
+# Each worker's PyTorch gets one thread, so that the workers share the cores instead of fighting
+# over them (every figure the notebooks print is the same at any thread count: make test-portable).
+JOBS ?= 2
+XDIST := $(if $(filter-out 0 1,$(JOBS)),-n $(JOBS) --dist loadfile)
+WORKER_ENV := $(if $(XDIST),OMP_NUM_THREADS=1)
+
+## make test: lint, then the unit tests and every notebook under nbval, in one run shared by
+## JOBS worker processes (make unit / make notebooks run one part)
+test: $(STAMP) lint
+	$(WORKER_ENV) $(BIN)/pytest $(XDIST) $(NBVAL) tests notebooks
 
 lint: $(STAMP)
-	$(BIN)/ruff check helpers tests benchmarks notebooks
+	$(BIN)/ruff check helpers tests benchmarks notebooks conftest.py
 
 unit: $(STAMP)
-	$(BIN)/pytest tests
+	$(WORKER_ENV) $(BIN)/pytest $(XDIST) tests
 
 notebooks: $(STAMP)
-	$(BIN)/pytest $(NBVAL) notebooks
+	$(WORKER_ENV) $(BIN)/pytest $(XDIST) $(NBVAL) notebooks
 
 ## make test-portable: unit tests and notebooks under other PyTorch kernels and thread counts, as a
 ## learner's machine would run them (run it before committing a notebook)

@@ -163,8 +163,9 @@ def test_random_label_model_memorized_its_set_and_is_at_chance_elsewhere():
 
 @pytest.fixture(scope="module")
 def clinic_c_figures():
-    from helpers.train import CLINIC_C_MODELS, audit_clinic_c
-    return {name: audit_clinic_c(load_dermnet(name)) for name in CLINIC_C_MODELS}
+    from helpers.train import CLINIC_C_MODELS, audit_clinic_c, audit_sets
+    sets = audit_sets()
+    return {name: audit_clinic_c(load_dermnet(name), sets) for name in CLINIC_C_MODELS}
 
 
 def test_clinic_c_model_learned_the_ink_shortcut(clinic_c_figures):
