@@ -5,10 +5,10 @@ Under nbval (``make notebooks``):
   rendered by pandas also carry a text/plain copy, which is compared);
 - after each notebook's last cell, two checks a learner's machine depends on:
   its kernel holds at most ``KERNEL_RSS_LIMIT`` of resident memory (a learner keeps several
-  notebooks open), and running it changed nothing git can see in the checkout.
+  notebooks open; ``OVER_THE_BAR`` lists those not there yet), and running it changed nothing
+  git can see in the checkout.
 """
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -16,7 +16,13 @@ import nbval.plugin
 import pytest
 
 ROOT = Path(__file__).resolve().parent
-KERNEL_RSS_LIMIT = float(os.environ.get("COURSE_KERNEL_RSS_LIMIT_GB", "1.2")) * 10**9
+KERNEL_RSS_LIMIT = 1.2e9  # the bar: what a learner's kernel may keep once its notebook has run
+# Notebooks whose kernels are still over the bar, each held to at most its figure measured with
+# benchmarks/bench_kernel_memory.py (2026-12-03) plus 5%, so it cannot grow unseen. Most of it is what their
+# reference libraries load on import (shap with numba, timm, pytorch-grad-cam with OpenCV:
+# 0.15-0.2 GB each beside PyTorch's 0.55 GB). Remove a notebook from here when it meets the bar.
+OVER_THE_BAR = {"07_shap": 1.27 * 1.05, "10_tcav": 1.25 * 1.05, "11_vit_attention": 1.31 * 1.05,
+                "14_sparse_autoencoders": 1.38 * 1.05, "15_debugging_playbook": 1.96 * 1.05}
 
 _init = nbval.plugin.IPyNbFile.__init__
 
@@ -63,9 +69,10 @@ def pytest_runtest_teardown(item, nextitem):
     problems = []
     if last and getattr(notebook, "kernel", None) is not None and notebook.kernel.is_alive():
         rss = kernel_rss(notebook.kernel)
-        if rss is not None and rss > KERNEL_RSS_LIMIT:
+        limit = OVER_THE_BAR.get(Path(notebook.name).stem, KERNEL_RSS_LIMIT / 1e9) * 1e9
+        if rss is not None and rss > limit:
             problems.append(f"{notebook.name}: its kernel holds {rss / 1e9:.2f} GB after the last cell, "
-                            f"over the {KERNEL_RSS_LIMIT / 1e9:.1f} GB bar (benchmarks/bench_kernel_memory.py)")
+                            f"over its {limit / 1e9:.2f} GB limit (benchmarks/bench_kernel_memory.py)")
         before = item.config._course_git_status
         after = git_status()
         if before is not None and after is not None and after != before:
