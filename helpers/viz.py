@@ -64,7 +64,8 @@ def show_image(img, ax=None, title: str | None = None):
 
 
 def overlay(img, attr, ax=None, title: str | None = None, signed: bool | None = None,
-            alpha: float = 0.6, vmax: float | None = None, percentile: float = 99.0, colorbar: bool = False):
+            alpha: float = 0.6, vmax: float | None = None, percentile: float = 99.0, colorbar: bool = False,
+            colorbar_label: str | None = None):
     """Draw a heatmap over a faded grey copy of ``img``.
 
     signed  None: decide from the data (any negative value -> signed map); True: diverging colours
@@ -72,6 +73,7 @@ def overlay(img, attr, ax=None, title: str | None = None, signed: bool | None = 
     vmax    the colour scale's limit, so that several maps can share one scale; by default the
             ``percentile`` of the map's magnitudes (99: the top 1% saturate, so that a few extreme
             pixels do not wash out the rest; Captum's ``outlier_perc=2`` does the same at 98)
+    colorbar_label  what the colours measure, written along the colour bar (with ``colorbar``)
     """
     ax = ax or plt.gca()
     image = to_numpy_image(img)
@@ -91,19 +93,32 @@ def overlay(img, attr, ax=None, title: str | None = None, signed: bool | None = 
     if title:
         ax.set_title(title, fontsize=9)
     if colorbar:
-        plt.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        if colorbar_label:
+            bar.set_label(colorbar_label, fontsize=8)
+            bar.ax.tick_params(labelsize=7)
     return ax
 
 
-def show_masks(img, masks: dict, ax=None, title: str | None = None, names=None):
-    """Outline ground-truth masks (dict name -> bool [H, W]) on the image, one colour each."""
+def show_masks(img, masks: dict, ax=None, title: str | None = None, names=None, legend: bool = False):
+    """Outline ground-truth masks (dict name -> bool [H, W]) on the image, one colour each.
+
+    ``legend`` names the colours under the image; a mask that is empty reads "(none)"."""
+    from matplotlib.lines import Line2D
+
     ax = ax or plt.gca()
     show_image(img, ax=ax, title=title)
+    handles = []
     for name in names or masks:
         m = masks[name]
         m = m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
+        colour = MASK_COLOURS.get(name, "w")
         if m.any():
-            ax.contour(m.astype(float), levels=[0.5], colors=[MASK_COLOURS.get(name, "w")], linewidths=1.2)
+            ax.contour(m.astype(float), levels=[0.5], colors=[colour], linewidths=1.2)
+        handles.append(Line2D([], [], color=colour, lw=1.5, label=name if m.any() else f"{name} (none)"))
+    if legend and handles:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles),
+                  fontsize=7, frameon=False, handlelength=1.5, columnspacing=1.2)
     return ax
 
 
@@ -151,7 +166,8 @@ def attribution_grid(images, maps: dict, row_titles=None, signed: bool | None = 
 # --------------------------------------------------------------------------------------------
 
 def _explorer_methods() -> dict:
-    """{method: (knob name, {knob label: fn(model, x, target) -> map [B, 1 or 3, H, W]}, default label)}."""
+    """{method: (knob name, {knob label: fn(model, x, target) -> map [B, 1 or 3, H, W]}, default label,
+    what the colours measure for class "{c}")}."""
     from .cam import grad_cam
     from .gradients import blur_baseline, integrated_gradients, saliency, smoothgrad
     from .perturbation import kernel_shap, lime, occlusion, paint, superpixels
@@ -178,24 +194,52 @@ def _explorer_methods() -> dict:
         return lambda m, x, t: occlusion(m, x, t, window=w, stride=w // 2)
 
     return {
-        "saliency": ("", {"|gradient|": lambda m, x, t: saliency(m, x, t)}, "|gradient|"),
-        "SmoothGrad": ("noise level", {f"{p:.0%}": sg(p) for p in (0.02, 0.05, 0.10, 0.15, 0.25)}, "5%"),
+        "saliency": ("", {"|gradient|": lambda m, x, t: saliency(m, x, t)}, "|gradient|",
+                     "|gradient| of the {c} score (RGB sum)"),
+        "SmoothGrad": ("noise level", {f"{p:.0%}": sg(p) for p in (0.02, 0.05, 0.10, 0.15, 0.25)}, "5%",
+                       "mean gradient of the {c} score (RGB sum)"),
         "Integrated Gradients": ("steps, baseline", {f"{s} steps, {b}": ig(s, b) for b in ("black", "blur")
-                                                     for s in (8, 32, 64)}, "32 steps, black"),
-        "Grad-CAM": ("layer", {name: gc(name) for name in ("layer4", "layer3", "layer2")}, "layer4"),
-        "occlusion": ("window", {f"{w}x{w}": occ(w) for w in (4, 8, 16, 32)}, "8x8"),
-        "LIME": ("samples", {str(n): segmented(lime, n) for n in (100, 300, 1000)}, "300"),
-        "KernelSHAP": ("samples", {str(n): segmented(kernel_shap, n) for n in (64, 200, 500)}, "200"),
+                                                     for s in (8, 32, 64)}, "32 steps, black",
+                                 "contribution to the {c} score (RGB sum)"),
+        "Grad-CAM": ("layer", {name: gc(name) for name in ("layer4", "layer3", "layer2")}, "layer4",
+                     "Grad-CAM evidence for {c} (after ReLU)"),
+        "occlusion": ("window", {f"{w}x{w}": occ(w) for w in (4, 8, 16, 32)}, "8x8",
+                      "drop in the {c} score when hidden"),
+        "LIME": ("samples", {str(n): segmented(lime, n) for n in (100, 300, 1000)}, "300",
+                 "LIME weight of the superpixel for {c}"),
+        "KernelSHAP": ("samples", {str(n): segmented(kernel_shap, n) for n in (64, 200, 500)}, "200",
+                       "Shapley value of the superpixel for {c}"),
     }
 
 
-class Explorer:
-    """Pick an image (clinic, class, ruler on/off, which one), a model, a method and its main knob;
-    see the map over the image and its ruler and lesion mass.
+IMAGES_PER_CLASS = 20
+STATIC_NOTE = ("A snapshot of the explorer's first view: its controls need a running kernel "
+               "(run the notebook in JupyterLab to explore).")
+# The selected toggle button: ipywidgets 8 only darkens it a little (the "mod-active" class). The
+# explorer marks it with a check icon (ToggleButtons.icons) and, in JupyterLab, fills it in.
+_EXPLORER_CSS = """<style>
+.interp-explorer .widget-toggle-buttons .jupyter-button.mod-active,
+.interp-explorer .jupyter-widget-toggle-buttons .jupyter-button.mod-active {
+  background-color: var(--jp-brand-color1, #1976d2);
+  color: var(--jp-ui-inverse-font-color1, #fff);
+}
+</style>"""
+_LABEL = "56px"  # the labels of the first column (clinic, class, method), all on the left
 
-    ``Explorer(method="Grad-CAM").widget`` is the ipywidgets box a notebook displays. Every control
-    is in ``controls``; setting a control's ``value`` recomputes ``attr`` (the map, ``[1, H, W]``),
-    ``masses`` ({"ruler": ..., "lesion": ...}, the share of |map| inside each mask) and redraws
+
+class Explorer:
+    """Pick an image (clinic, class, ruler on/off, which one of the class's 20), a model, a method
+    and its main knob; see the map for the chosen class over the image, and its ruler and lesion mass.
+
+    The map explains the class chosen in the "class" control (the image's true class), whatever
+    the model predicts; the image's title gives the prediction. ``explorer(method)`` returns an
+    ``Explorer``, which a notebook displays as its widget (``widget``, the ipywidgets box) when a
+    kernel runs it, and, for viewers without a kernel, as a picture of its first view
+    (``snapshot_png()``) with one line saying so (see ``helpers.notebook_tools.strip_widget_state``).
+
+    Every control is in ``controls``; setting a control's ``value`` recomputes ``attr`` (the map,
+    ``[1, H, W]``), ``masses`` ({"ruler": ..., "lesion": ...}, the share of |map| inside each mask;
+    NaN where the image has no such mask), ``target`` and ``prediction`` (class names), and redraws
     ``figure``. Models are loaded once, on first use; nothing is downloaded.
     """
 
@@ -208,24 +252,51 @@ class Explorer:
         if method not in self.methods:
             raise ValueError(f"method must be one of {list(self.methods)}, got {method!r}")
         self._models = dict(models) if models is not None else {}
+
+        def toggles(options, value, description, button_width, first=False):
+            return w.ToggleButtons(options=options, value=value, description=description,
+                                   style={"description_width": _LABEL if first else "initial",
+                                          "button_width": button_width},
+                                   layout=w.Layout(display="flex", flex_flow="row nowrap", align_items="center",
+                                                   width="auto", margin="2px 12px 2px 0"))
+
+        def dropdown(options, value, description, width, first=False):
+            return w.Dropdown(options=options, value=value, description=description,
+                              style={"description_width": _LABEL if first else "initial"},
+                              layout=w.Layout(width=width, margin="2px 12px 2px 0"))
+
         self.controls = {
-            "clinic": w.ToggleButtons(options=["A", "B"], value="B", description="clinic"),
-            "class": w.Dropdown(options=list(CLASSES), value="nv", description="class"),
-            "ruler": w.ToggleButtons(options=["on", "off"], value="on", description="ruler"),
-            "image": w.IntSlider(value=0, min=0, max=19, description="image"),
-            "model": w.ToggleButtons(options=["shortcut", "debiased"], value="shortcut", description="model"),
-            "method": w.Dropdown(options=list(self.methods), value=method, description="method"),
-            "knob": w.Dropdown(description="knob"),
+            "clinic": toggles(["A", "B"], "B", "clinic", "56px", first=True),
+            "class": dropdown(list(CLASSES), "nv", "class", "150px", first=True),
+            "ruler": toggles(["on", "off"], "on", "ruler", "64px"),
+            "image": w.IntSlider(value=1, min=1, max=IMAGES_PER_CLASS, description="image",
+                                 continuous_update=False, style={"description_width": "initial"},
+                                 layout=w.Layout(width="260px")),
+            "model": toggles(["shortcut", "debiased"], "shortcut", "model", "100px"),  # room for the check mark
+            "method": dropdown(list(self.methods), method, "method", "230px", first=True),
+            "knob": dropdown([], None, "setting", "240px"),
         }
+        self.image_label = w.Label(layout=w.Layout(margin="2px 0"))
         self.output = w.Output()
         self.figure = None
         self.updates = 0
+        self._snapshot = None
         self._set_knob_options()
         for name, control in self.controls.items():
             control.observe(self._on_method if name == "method" else self._on_change, names="value")
-        self.widget = w.VBox([w.HBox([self.controls[k] for k in ("clinic", "ruler", "model")]),
-                              w.HBox([self.controls[k] for k in ("class", "image")]),
-                              w.HBox([self.controls[k] for k in ("method", "knob")]), self.output])
+            if isinstance(control, w.ToggleButtons):
+                self._mark_selected(control)
+                control.observe(lambda change: self._mark_selected(change["owner"]), names="value")
+
+        def row(*children):  # a row too wide for the window wraps between controls, not inside one
+            return w.HBox(list(children), layout=w.Layout(flex_flow="row wrap", align_items="center"))
+
+        c = self.controls
+        self.widget = w.VBox([w.HTML(_EXPLORER_CSS, layout=w.Layout(display="none")),
+                              row(c["clinic"], c["ruler"], c["model"]),
+                              row(c["class"], c["image"], self.image_label),
+                              row(c["method"], c["knob"]), self.output])
+        self.widget.add_class("interp-explorer")
         self.update()
 
     def model(self, name: str):
@@ -234,12 +305,17 @@ class Explorer:
             self._models[name] = load_dermnet(name)
         return self._models[name]
 
+    @staticmethod
+    def _mark_selected(toggle) -> None:
+        """A check mark on the selected button of a ToggleButtons, none on the others."""
+        toggle.icons = ["check" if option == toggle.value else "" for option in toggle.options]
+
     def _set_knob_options(self) -> None:
-        knob_name, options, default = self.methods[self.controls["method"].value]
+        knob_name, options, default, _ = self.methods[self.controls["method"].value]
         knob = self.controls["knob"]
         self._quiet = True
         knob.options, knob.value = list(options), default
-        knob.description = knob_name or "knob"
+        knob.description = knob_name or "setting"
         knob.disabled = len(options) == 1
         self._quiet = False
 
@@ -257,7 +333,19 @@ class Explorer:
 
         c = self.controls
         return make_dataset(1, clinic=c["clinic"].value, seed=31_000 + 100 * CLASSES.index(c["class"].value)
-                            + c["image"].value, ruler=c["ruler"].value == "on", labels=c["class"].value)
+                            + c["image"].value - 1, ruler=c["ruler"].value == "on", labels=c["class"].value)
+
+    def titles(self) -> tuple[str, str, str]:
+        """The image panel's title, the map panel's title and the colour bar's label, for the current
+        controls and results."""
+        c, (_, options, _, measures) = self.controls, self.methods[self.controls["method"].value]
+        setting = f", {c['knob'].value}" if len(options) > 1 else ""
+        ruler, lesion = self.masses["ruler"], self.masses["lesion"]
+        masses = (f"no ruler, lesion mass {lesion:.2f}" if ruler != ruler  # NaN: the image has no ruler
+                  else f"ruler mass {ruler:.2f}, lesion {lesion:.2f}")
+        return (f"{self.target} image, clinic {c['clinic'].value}: predicted {self.prediction}",
+                f"{c['method'].value} for {self.target}{setting}\n{masses}",
+                measures.format(c=self.target))
 
     def update(self) -> None:
         """Recompute the map and the masses for the current controls and redraw."""
@@ -269,29 +357,55 @@ class Explorer:
         model = self.model(c["model"].value)
         with torch.no_grad():
             scores = model(ds.images)
-        pred = int(scores.argmax(1))
+        self.prediction, self.target = CLASSES[int(scores.argmax(1))], c["class"].value
         fn = self.methods[c["method"].value][1][c["knob"].value]
-        self.attr = fn(model, ds.images, torch.tensor([pred])).detach()[0]
+        self.attr = fn(model, ds.images, torch.tensor([CLASSES.index(self.target)])).detach()[0]
         magnitude = self.attr.abs().sum(0, keepdim=True)[None]
         self.masses = {name: float(mask_mass(magnitude, ds.masks[name])[0]) if ds.masks[name].any() else float("nan")
                        for name in ("ruler", "lesion")}
-        self.prediction = CLASSES[pred]
+        self.image_label.value = f"of {IMAGES_PER_CLASS} {self.target} images (clinic {c['clinic'].value})"
         self.updates += 1
         if self.figure is not None:
             plt.close(self.figure)  # one live figure per explorer
+        image_title, map_title, measures = self.titles()
         with self.output:
             self.output.clear_output(wait=True)
-            fig, axes = plt.subplots(1, 2, figsize=(7, 3.4))
+            fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.9))
             show_masks(ds.images[0], {k: ds.masks[k][0] for k in ("lesion", "ruler")}, ax=axes[0],
-                       title=f"{c['class'].value}, clinic {c['clinic'].value}: predicted {self.prediction}")
-            overlay(ds.images[0], self.attr, ax=axes[1], colorbar=True,
-                    title=f"{c['method'].value} ({c['knob'].value}): ruler mass {self.masses['ruler']:.2f}, "
-                          f"lesion {self.masses['lesion']:.2f}")
+                       title=image_title, legend=True)
+            overlay(ds.images[0], self.attr, ax=axes[1], colorbar=True, title=map_title, colorbar_label=measures)
             fig.tight_layout()
             plt.show()
             self.figure = fig
 
+    def snapshot_png(self) -> bytes:
+        """The explorer's view as a PNG, taken the first time it is asked for (when the notebook shows
+        the explorer: its first view), with ``STATIC_NOTE`` under it, for viewers without a kernel
+        (GitHub, nbconvert's HTML, a notebook opened before it runs). ``snapshot_alt`` describes the
+        picture in words."""
+        if self._snapshot is None:
+            import io
 
-def explorer(method: str = "Grad-CAM", models: dict | None = None):
-    """The interactive explorer's widget, opened on ``method`` (see ``Explorer``)."""
-    return Explorer(method, models).widget
+            note = self.figure.text(0.5, 0.0, STATIC_NOTE, ha="center", va="top", fontsize=8, style="italic")
+            buffer = io.BytesIO()
+            self.figure.savefig(buffer, format="png", bbox_inches="tight")
+            note.remove()
+            image_title, map_title, _ = self.titles()
+            self._snapshot = buffer.getvalue()
+            self.snapshot_alt = f"The explorer: {image_title}; {map_title}. ".replace("\n", ", ") + STATIC_NOTE
+        return self._snapshot
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """The live widget where a kernel runs it; a picture of its first view and one line elsewhere."""
+        import base64
+
+        bundle = self.widget._repr_mimebundle_() or {}
+        bundle["image/png"] = base64.b64encode(self.snapshot_png()).decode("ascii")
+        bundle["text/plain"] = f"Explorer ({self.controls['method'].value}). {STATIC_NOTE}"
+        return bundle, {"image/png": {"alt": self.snapshot_alt}}
+
+
+def explorer(method: str = "Grad-CAM", models: dict | None = None) -> Explorer:
+    """The interactive explorer, opened on ``method`` (see ``Explorer``): in a notebook, the last
+    line of a cell shows it (the widget, or a snapshot where no kernel runs)."""
+    return Explorer(method, models)

@@ -61,18 +61,106 @@ def test_explorer_recomputes_the_map_and_masses_when_a_control_changes():
     e = Explorer("Grad-CAM", models=models)
     assert e.updates == 1 and e.figure is not None and e.attr.shape == (1, 64, 64)
     assert e.controls["knob"].value == "layer4" and "layer3" in e.controls["knob"].options
+    e.controls["class"].value = "mel"  # this random network has no positive evidence for nv (all 0 after the ReLU)
     first = e.attr.clone()
+    assert e.updates == 2 and first.abs().sum() > 0
     e.controls["knob"].value = "layer3"
-    assert e.updates == 2 and not torch.equal(first, e.attr)
+    assert e.updates == 3 and not torch.equal(first, e.attr)
     # the masses are the map's, on the image the controls chose
     ds = e.image()
     assert e.masses["ruler"] == pytest.approx(float(mask_mass(e.attr.abs()[None], ds.masks["ruler"])[0]))
     e.controls["method"].value = "occlusion"  # the knob follows the method
     assert e.controls["knob"].description == "window" and e.controls["knob"].value == "8x8"
-    assert e.updates == 3
+    assert e.updates == 4
     e.controls["ruler"].value = "off"
-    assert e.updates == 4 and e.masses["ruler"] != e.masses["ruler"]  # NaN: no ruler in the image
+    assert e.updates == 5 and e.masses["ruler"] != e.masses["ruler"]  # NaN: no ruler in the image
     e.controls["model"].value = "debiased"
-    assert e.updates == 5
+    assert e.updates == 6
     with pytest.raises(ValueError, match="method must be one of"):
         Explorer("DeepDream", models=models)
+
+
+@pytest.fixture(scope="module")
+def random_models():
+    from helpers.models import DermNet
+
+    torch.manual_seed(0)
+    return {"shortcut": DermNet().eval(), "debiased": DermNet().eval()}  # no checkpoint needed
+
+
+def test_explorer_explains_the_chosen_class_and_says_so(random_models):
+    from helpers.cam import grad_cam
+    from helpers.data import CLASSES
+    from helpers.viz import Explorer
+
+    e = Explorer("Grad-CAM", models=random_models)
+    chosen = next(c for c in CLASSES if c != e.prediction)  # a class the model does not predict
+    e.controls["class"].value = chosen
+    ds = e.image()
+    x, model = ds.images, random_models["shortcut"]
+    assert torch.allclose(e.attr, grad_cam(model, x, CLASSES.index(chosen), "layer4")[0])
+    assert not torch.allclose(e.attr, grad_cam(model, x, CLASSES.index(e.prediction), "layer4")[0])
+    image_title, map_title = (ax.get_title() for ax in e.figure.axes[:2])
+    assert map_title.startswith(f"Grad-CAM for {chosen}, layer4")
+    assert f"predicted {e.prediction}" in image_title and image_title.startswith(chosen)
+
+
+def test_explorer_says_no_ruler_names_the_outlines_and_labels_the_colour_bar(random_models):
+    from helpers.viz import Explorer
+
+    e = Explorer("saliency", models=random_models)
+    legend = [t.get_text() for t in e.figure.axes[0].get_legend().get_texts()]
+    assert legend == ["lesion", "ruler"]
+    bar = e.figure.axes[2]  # the colour bar's axes
+    assert bar.get_ylabel() == "|gradient| of the nv score (RGB sum)"
+    e.controls["ruler"].value = "off"
+    map_title = e.figure.axes[1].get_title()
+    assert "no ruler" in map_title and "nan" not in map_title
+    assert [t.get_text() for t in e.figure.axes[0].get_legend().get_texts()] == ["lesion", "ruler (none)"]
+
+
+def test_explorer_controls_show_their_state_and_sit_in_compact_rows(random_models):
+    import ipywidgets as w
+
+    from helpers.viz import Explorer
+
+    e = Explorer("saliency", models=random_models)
+    c = e.controls
+    toggles = [control for control in c.values() if isinstance(control, w.ToggleButtons)]
+    assert len(toggles) == 3
+    for toggle in toggles:  # the selected button carries a check mark, and only it
+        assert list(toggle.icons) == ["check" if o == toggle.value else "" for o in toggle.options]
+        # description on the left of the buttons (as the dropdowns have it), buttons of a set width
+        assert toggle.layout.display == "flex" and toggle.layout.flex_flow == "row nowrap"
+        assert toggle.style.button_width
+    c["ruler"].value = "off"
+    assert list(c["ruler"].icons) == ["", "check"]
+    # and, in JupyterLab, the selected button filled in: ipywidgets 8.1 marks it "mod-active" inside
+    # a ToggleButtons of class "widget-toggle-buttons" (as a browser shows them)
+    assert ".widget-toggle-buttons .jupyter-button.mod-active" in e.widget.children[0].value
+    rows = [child for child in e.widget.children if isinstance(child, w.HBox)]
+    assert len(rows) == 3 and all(r.layout.flex_flow == "row wrap" for r in rows)  # wrap between controls
+    # the first control of each row has the same label width, so the rows line up
+    assert len({row.children[0].style.description_width for row in rows}) == 1
+    # the image slider says what it picks, and waits for the release
+    slider = c["image"]
+    assert (slider.min, slider.max, slider.continuous_update) == (1, 20, False)
+    assert e.image_label.value == "of 20 nv images (clinic B)"
+    assert c["knob"].description == "setting" and c["knob"].disabled  # saliency has nothing to tune
+
+
+def test_the_explorer_shows_the_widget_live_and_a_snapshot_elsewhere(random_models):
+    import base64
+
+    from helpers.viz import STATIC_NOTE, Explorer, explorer
+
+    e = explorer("Grad-CAM", models=random_models)
+    assert isinstance(e, Explorer)
+    data, metadata = e._repr_mimebundle_()
+    assert data["application/vnd.jupyter.widget-view+json"]["model_id"] == e.widget.model_id
+    assert base64.b64decode(data["image/png"]).startswith(b"\x89PNG")
+    assert "need a running kernel" in data["text/plain"] and "VBox" not in data["text/plain"]
+    assert metadata["image/png"]["alt"].endswith(STATIC_NOTE)
+    first = data["image/png"]
+    e.controls["knob"].value = "layer3"
+    assert e._repr_mimebundle_()[0]["image/png"] == first  # the first view, not the current one
