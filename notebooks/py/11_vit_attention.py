@@ -205,7 +205,7 @@ assert [b.attn.fused_attn for b in vit_s.blocks] == fused_before and count_hooks
 one = 0
 cls_rows = {f"block {b}": token_map(att_s[b][one:one + 1].mean(1)[:, 0], vit_s.grid) for b in range(4)}
 cls_rows |= {f"block 3, head {h}": token_map(att_s[3][one:one + 1, h, 0], vit_s.grid) for h in range(4)}
-fig, axes = plt.subplots(2, 5, figsize=(10, 4.4))
+fig, axes = plt.subplots(2, 5, figsize=(10, 5.0), layout="constrained")  # room for two-line titles
 viz.show_masks(x[one], {"ruler": ruler[one], "lesion": lesion[one]}, ax=axes[0, 0], title="image, masks")
 axes[1, 0].set_axis_off()
 for ax, (name, m) in zip([*axes[0, 1:], *axes[1, 1:]], cls_rows.items(), strict=True):
@@ -215,9 +215,8 @@ on_ruler = {name: float(mask_mass(m, ruler[one:one + 1])[0]) for name, m in cls_
 heads = [on_ruler[f"block 3, head {h}"] for h in range(4)]
 assert on_ruler["block 0"] < 0.2 and on_ruler["block 1"] > 0.45 and 0.2 < on_ruler["block 3"] < 0.6
 assert sum(h > 0.5 for h in heads) == 2 and min(heads) < 0.01
-plt.suptitle("shortcut ViT: CLS attention, head mean per block (top) and the last block's heads (bottom)",
+fig.suptitle("shortcut ViT: CLS attention, head mean per block (top) and the last block's heads (bottom)",
              fontsize=9)
-plt.tight_layout()
 plt.show()
 
 # %% [markdown]
