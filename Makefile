@@ -88,15 +88,17 @@ test-portable: $(STAMP)
 		ATEN_CPU_CAPABILITY=$$cap OMP_NUM_THREADS=$$threads $(BIN)/pytest -q $(NBVAL) $(NB) || exit 1; \
 	done
 
-## make execute: sync each notebook with its .py twin in notebooks/py/ (the newer wins), re-execute it top to bottom
-## from a fresh kernel, in place, then sync the twin. COURSE_STRICT=1 makes helpers.report refuse
-## a printed figure that round-off could move.
+## make execute: sync each notebook with its .py twin in notebooks/py/ (the newer wins), re-execute
+## it top to bottom from a fresh kernel, in place, drop its widget state (static viewers then show
+## the explorer's snapshot: helpers/notebook_tools.py), then sync the twin. COURSE_STRICT=1 makes
+## helpers.report refuse a printed figure that round-off could move.
 execute: $(STAMP)
 	@for nb in $(if $(filter notebooks,$(NB)),notebooks/[0-9][0-9]_*.ipynb,$(NB)); do \
 		echo "== $$nb"; \
 		$(BIN)/jupytext --quiet --sync $$nb || exit 1; \
 		COURSE_STRICT=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.record_timing=False $$nb || exit 1; \
+		$(BIN)/python -m helpers.notebook_tools $$nb || exit 1; \
 		$(BIN)/jupytext --quiet --sync $$nb || exit 1; \
 	done
 

@@ -61,3 +61,13 @@ def test_no_execution_timestamps(path):
     """nbconvert's per-cell timings change at every run, and JupyterLab drops them on save."""
     nb = nbformat.read(path, as_version=4)
     assert not [i for i, c in enumerate(nb.cells) if "execution" in c.metadata]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_dead_widgets(path):
+    """Without a kernel a saved widget is a dead panel; make execute strips them (notebook_tools)."""
+    from helpers.notebook_tools import WIDGET_VIEW
+
+    nb = nbformat.read(path, as_version=4)
+    assert "widgets" not in nb.metadata
+    assert not [i for i, c in enumerate(nb.cells) for o in c.get("outputs", []) if WIDGET_VIEW in o.get("data", {})]
