@@ -66,7 +66,7 @@ def update(course: Path = COURSE, mine: Path = MINE, out=sys.stdout) -> list[Pat
     """Copy every course notebook that `mine` does not have yet; never overwrite one. Say which
     copies the course has changed since (``make reset NB=..`` takes the new version). Returns
     the notebooks copied."""
-    mine.mkdir(exist_ok=True)
+    mine.mkdir(parents=True, exist_ok=True)
     copied, stale = [], []
     for source in _numbered(course):
         target = mine / source.name
@@ -94,7 +94,7 @@ def reset(which: str, course: Path = COURSE, mine: Path = MINE, out=sys.stdout) 
     version; yours is kept in ``my_notebooks/.old/`` with the time it was moved."""
     source = _find(which, course)
     target = mine / source.name
-    mine.mkdir(exist_ok=True)
+    mine.mkdir(parents=True, exist_ok=True)
     if target.exists():
         old = mine / OLD
         old.mkdir(exist_ok=True)
