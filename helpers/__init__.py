@@ -30,8 +30,8 @@ def _give_memory_back_after_each_cell() -> None:
     """In a Jupyter kernel on Linux, return freed memory to the system after every cell.
 
     glibc keeps memory a program has freed for its own reuse, so a kernel that once held a large
-    batch of tensors stays that large after it has let them go: notebook 01's kernel keeps 1.3 GB
-    where 0.9 GB is in use. A learner keeps several notebooks open, so the course asks glibc to
+    batch of tensors stays that large after it has let them go: notebook 01's kernel held 1.30 GB
+    after its last cell, and 0.91 GB once trimmed. A learner keeps several notebooks open, so the course asks glibc to
     return the free pages (``malloc_trim``) when each cell ends. Elsewhere (macOS, Windows,
     plain Python scripts) this does nothing. ``benchmarks/bench_kernel_memory.py`` measures it.
     """
