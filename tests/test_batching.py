@@ -1,9 +1,7 @@
 """batch_size="auto": the memory budget, the policy's choices, and results that do not depend on the batch."""
 
 import copy
-import os
-import subprocess
-import sys
+import inspect
 
 import pytest
 import torch
@@ -63,14 +61,17 @@ def test_set_memory_budget_sets_and_restores():
     assert helpers.memory_budget() == before
 
 
-def test_the_environment_variable_sets_the_default():
-    code = "import helpers; print(helpers.memory_budget())"
-    env = {**os.environ, batching.ENV_VAR: "300MB"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == str(300 * 10**6)
-    env[batching.ENV_VAR] = "plenty"
-    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert bad.returncode != 0 and batching.ENV_VAR in bad.stderr
+def test_the_environment_variable_sets_the_default(monkeypatch):
+    """What ``import helpers`` reads (``_budget`` is set from ``_budget_from_env()`` at import),
+    read here in process: a subprocess would spend seconds importing PyTorch."""
+    monkeypatch.setenv(batching.ENV_VAR, "300MB")
+    assert batching._budget_from_env() == 300 * 10**6
+    monkeypatch.setenv(batching.ENV_VAR, "plenty")
+    with pytest.raises(ValueError, match=batching.ENV_VAR):
+        batching._budget_from_env()
+    monkeypatch.delenv(batching.ENV_VAR)
+    assert batching._budget_from_env() == batching.DEFAULT_MEMORY_BUDGET
+    assert "_budget = _budget_from_env()" in inspect.getsource(batching)
 
 
 # ---- what the policy measures and chooses --------------------------------------------------

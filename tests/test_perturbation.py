@@ -268,11 +268,11 @@ def test_kernel_shap_is_efficient_and_converges_to_exact_shapley(shortcut, one):
     with torch.no_grad():
         f = shortcut(torch.cat([x, torch.zeros_like(x)]))[:, int(t[0])]
     errors = {}
-    for n in (100, 3000):
+    for n in (50, 1000):  # 20 times the samples: the error falls as 1 / sqrt(n), so by about 4.5
         runs = torch.stack([P.kernel_shap(shortcut, x, t, seg, n_samples=n, seed=s)[0] for s in range(3)])
         assert maxdiff(runs.sum(1), (f[0] - f[1]).expand(3)) < 1e-4 * f.abs().max()  # efficiency
         errors[n] = (runs - exact).abs().mean().item()
-    assert errors[3000] < errors[100] / 3
+    assert errors[1000] < errors[50] / 3
 
 
 # ---- expected gradients ----

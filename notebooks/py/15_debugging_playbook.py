@@ -68,6 +68,8 @@ test = {c: make_dataset(1000, clinic=c, seed=TEST_SEEDS[c]) for c in "ABC"}  # h
 pred = {c: predict(model, ds.images) for c, ds in test.items()}
 print(table({"clinic C's model": {f"accuracy {c}": (pred[c] == ds.labels).float().mean() for c, ds in test.items()}},
             digits=3))  # counts out of 1,000: three decimals are exact
+# Each section lets go of the images it no longer needs: a learner keeps several kernels open
+del test["A"]
 
 # %% [markdown]
 # ## 1. Detect
@@ -213,6 +215,7 @@ print(f"clusters where every image carries ink: {len(inky)}, {int(in_inky.sum())
       f"truly melanoma in them: {fmt(true_mel[in_inky].float().mean(), 2)}, elsewhere: "
       f"{fmt(true_mel[~in_inky].float().mean(), 2)}")
 assert inky and true_mel[in_inky].float().mean() < 0.5 < 0.8 < true_mel[~in_inky].float().mean()
+del pool, scores, x_mel, maps_mel  # the SpRAy pool is not needed again
 
 # %% [markdown]
 # SpRAy separated the melanoma decisions into groups, and the groups whose maps leave the lesion
@@ -266,6 +269,7 @@ print("ink at layer2, target mel")
 print(table(tcav_rows, digits=2))
 assert tcav_rows["clinic C's model"]["significant"] == "yes"
 assert tcav_rows["debiased (reference)"]["significant"] == "no"
+del ink_set, random_sets, melanomas
 
 # %% [markdown]
 # ### 2.3 A sparse autoencoder's latents
@@ -297,6 +301,7 @@ print(table({k: {"add ink: -> mel": f["add"], "of": f["add_n"]} for k, f in swit
 assert (push < push[best]).float().mean() > 0.95
 assert switched[f"the {len(ink_latents)} ink latents (AUROC >= 0.8) off"]["add"] < 0.8 * switched[
     "nothing switched off"]["add"] <= 0.8 * switched[f"{len(ink_latents)} random latents off"]["add"]
+del probe, codes
 
 # %% [markdown]
 # The SAE found ink detectors without being told about ink, and the best of them pushes towards
@@ -411,6 +416,7 @@ for label in repaired:
     met[label] = sum(bars.values())
 assert met == {"counterfactual augmentation": 3, "Right for the Right Reasons": 0}
 assert verdict["Right for the Right Reasons"]["nevi -> mel"] > 0.9
+del pair, test, ds_b, everyone, repaired  # the playbook is done with DermNet's images and repairs
 
 # %% [markdown]
 # **Counterfactual augmentation** meets all three bars: ink flips as few lesions as it does for the
@@ -609,6 +615,7 @@ print(table({"one ReLU per use": {"sum of DeepLift": dl.sum(), "S(x) - S(black)"
 _ = agree("DeepLift without MaxPool2d: sum of attributions vs S(x) - S(black)", dl_np.sum(), gap_np, atol=1e-5)
 assert dl_delta.abs().item() > 0.05 * abs(score_image - score_black).item()  # with it, the sum misses
 assert gbp_once.abs().max() > 1e-3 and abs(gap_np) > 1e-2
+del net_once, no_pool  # two copies of resnet18, 47 MB each
 
 # %% [markdown]
 # With these versions (printed above), guided backprop survives the shared in-place
