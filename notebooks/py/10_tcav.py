@@ -541,6 +541,7 @@ for name, model in (("shortcut", shortcut), ("debiased", debiased)):
     else:
         assert flips["add"] < 0.02 and flips["remove"] < 0.05
 print(table(rows, index="500 clinic-B lesions"))
+del pair  # a learner keeps several kernels open
 
 # %% [markdown]
 # Here the intervention and TCAV agree: the shortcut model's predictions follow the ruler, the

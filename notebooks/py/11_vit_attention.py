@@ -100,6 +100,7 @@ for name, model in [("ViT shortcut", vit_s), ("ViT debiased", vit_d),
                      "other classes": (flips["pred_on"][others] == MEL).float().mean(),
                      "remove it: changed": flips["remove"]}
 print(table(figures, 2, index="model"))
+del pair, test_a, test_b  # 3,000 images not needed again: a learner keeps several kernels open
 
 # %% [markdown]
 # ## 2. Getting the attention out: the fused kernel never forms it

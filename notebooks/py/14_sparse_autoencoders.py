@@ -421,6 +421,7 @@ print(table(rows, {"best latent AUROC": 3, "their push on mel logit": 1, "CAV ac
                    "Grad-CAM ruler mass": 2}, index="model"))
 assert rows["shortcut"]["ruler latents"] > 0 and rows["debiased"]["ruler latents"] == 0
 assert rows["shortcut"]["their push on mel logit"] > 1
+del codes["debiased"], train_images  # 130 MB of codes not read again: a learner keeps several kernels open
 
 # %% [markdown]
 # ## 8. Switch it off
