@@ -236,7 +236,8 @@ def _check_images(images, name: str, model=None) -> torch.Tensor:
 
 
 def layer_activations(model: nn.Module, layer, images: torch.Tensor, batch_size="auto") -> torch.Tensor:
-    """The output of ``layer`` for each image, flattened: ``[N, D]`` (float32, no gradient)."""
+    """The output of ``layer`` for each image, flattened: ``[N, D]`` (float32, no gradient). An output
+    holding NaN or inf (a model with a NaN weight or bias) is refused, naming the images."""
     check_model(model)
     resolve_layer(model, layer)
     _check_images(images, "images", model)
@@ -249,7 +250,7 @@ def layer_activations(model: nn.Module, layer, images: torch.Tensor, batch_size=
         out.append(rec.activation.flatten(1))
 
     run_batches(step, len(images), batch_size, workload("forward", model, images), images.device)
-    return torch.cat(out)
+    return check_scores(torch.cat(out), f"layer {layer_name(model, layer)}", "activations")
 
 
 def layer_gradients(model: nn.Module, layers, images: torch.Tensor, target, batch_size="auto") -> dict:

@@ -68,13 +68,15 @@ def check_finite(x: torch.Tensor, name: str = "x") -> torch.Tensor:
     return x
 
 
-def check_scores(scores: torch.Tensor, what: str = "the model") -> torch.Tensor:
+def check_scores(scores: torch.Tensor, what: str = "the model", kind: str = "scores") -> torch.Tensor:
     """Refuse non-finite scores [B] or [B, K] from ``what``: a map of a NaN score is not an
-    explanation, though the gradient methods would return a finite-looking one."""
+    explanation, though the gradient methods would return a finite-looking one. Any tensor with one
+    row per image can be checked so (``kind="activations"`` for a layer's output [B, ...]): the
+    message names the images whose rows are not finite."""
     bad = ~torch.isfinite(scores.detach())
     if bad.any():
         rows = bad.reshape(len(bad), -1).any(1).nonzero()[:, 0].tolist()
-        raise ValueError(f"{what} returned NaN or inf scores for images {rows[:10]}: there is nothing to "
+        raise ValueError(f"{what} returned NaN or inf {kind} for images {rows[:10]}: there is nothing to "
                          "explain (check the model's weights and its input scaling)")
     return scores
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .contract import check_input, check_model, check_outputs, check_target
+from .contract import check_input, check_model, check_outputs, check_scores, check_target
 from .hooks import OTHER_ACTIVATIONS, capture, layer_name, resolve_layer, watch_activations
 from .models import BasicBlock, DermNet, Normalize
 
@@ -146,6 +146,8 @@ def _unit_index(value, name: str, batch: int, device) -> torch.Tensor:
 
 
 def _check_unit(act: torch.Tensor, model, layer, channel, ys, xs) -> None:
+    """The layer's output is a finite feature map [B, C, h, w] holding the unit: a NaN or inf in it
+    (a model with a NaN weight or bias) would project to a NaN map, which is refused."""
     name = layer_name(model, layer)
     if act.dim() != 4:
         raise ValueError(f"layer {name} must output a feature map [B, C, h, w], got shape {tuple(act.shape)}")
@@ -154,6 +156,7 @@ def _check_unit(act: torch.Tensor, model, layer, channel, ys, xs) -> None:
         raise ValueError(f"channel {channel} is out of range for layer {name} with {c} channels")
     if (ys < 0).any() or (ys >= h).any() or (xs < 0).any() or (xs >= w).any():
         raise ValueError(f"a position (y, x) is outside layer {name}'s {h}x{w} grid")
+    check_scores(act, f"layer {name}", "activations")
 
 
 def unit_projection(model: nn.Module, images: torch.Tensor, layer, channel: int, y, x,
@@ -162,7 +165,8 @@ def unit_projection(model: nn.Module, images: torch.Tensor, layer, channel: int,
     (ints, or one position per image as LongTensors [B]), every other unit of the layer set to 0.
 
     The backward pass starts from the unit's activation itself, as Zeiler & Fergus's does (a
-    gradient starts from 1), and every ReLU passes back by ``rule``. Returns ``[B, C, H, W]``.
+    gradient starts from 1), and every ReLU passes back by ``rule``. A layer output holding NaN or
+    inf is refused (its projection would be NaN). Returns ``[B, C, H, W]``.
     """
     check_model(model)
     check_input(images, "images", model=model)
@@ -273,7 +277,7 @@ def zeiler_fergus(model: nn.Module, images: torch.Tensor, layer, channel: int, y
 
     It equals ``unit_projection(..., rule="deconvnet")``, autograd's version, when: the model is
     in eval mode; every ReLU is an nn.ReLU module used once; and unpooling adds where overlapping
-    windows share a switch. Returns ``[B, C, H, W]``.
+    windows share a switch. A layer output holding NaN or inf is refused. Returns ``[B, C, H, W]``.
     """
     check_model(model)
     check_input(images, "images", model=model)

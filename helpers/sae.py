@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from . import models as _models  # DATA_DIR and MANIFEST read at call time (tests point them elsewhere)
 from .batching import run_batches, workload
 from .contract import check_batch_size, check_input, check_model, check_scores
+from .data import IMAGE_SIZE
 from .hooks import capture, layer_name, resolve_layer
 from .models import load_dermnet, sha256
 
@@ -71,7 +72,8 @@ def layer_vectors(model: nn.Module, images: torch.Tensor, layer=LAYER, batch_siz
     """``layer``'s output as one vector per spatial position: ``[N * h * w, C]``, in the order
     (image, row, column), so ``.view(N, h, w, C)`` gives the maps back. A token layer ``[N, T, C]``
     (a ViT block) gives one vector per token, ``[N * T, C]`` (``.view(N, T, C)``), prefix tokens
-    included. In the layer's dtype, on its device, no gradient."""
+    included. In the layer's dtype, on its device, no gradient. An output holding NaN or inf (a model
+    with a NaN weight or bias) is refused, naming the images."""
     check_model(model)
     check_input(images, "images", model=model)
     check_batch_size(batch_size)
@@ -83,7 +85,9 @@ def layer_vectors(model: nn.Module, images: torch.Tensor, layer=LAYER, batch_siz
         out.append(_to_vectors(rec.activation))
 
     run_batches(step, len(images), batch_size, workload("forward", model, images), images.device)
-    return torch.cat(out)
+    vectors = torch.cat(out)
+    check_scores(vectors.view(len(images), -1), f"layer {layer_name(model, layer)}", "activations")  # per image
+    return vectors
 
 
 def _to_vectors(fmap: torch.Tensor) -> torch.Tensor:
@@ -527,13 +531,48 @@ class LatentProbe(nn.Module):
         return out
 
 
-def direct_effect(model: nn.Module, sae: _SAE, target: int, fc: str = "fc") -> torch.Tensor:
+def direct_effect(model: nn.Module, sae: _SAE, target: int, fc: str = "fc", x: torch.Tensor | None = None,
+                  layer=None) -> torch.Tensor:
     """Each latent's direct effect on the ``target`` logit, ``[d_latent]``, when the layer is followed
     by global average pooling and a linear layer ``fc`` (DermNet's layer4). The logit is
     ``w . mean_pos(a) + b`` and ``a = (sum_i f_i W_dec[i] + b_dec + error) / scale``, so latent i adds
 
-        (w . W_dec[i] / scale) * mean over positions of f_i      (this function returns the bracket)."""
+        (w . W_dec[i] / scale) * mean over positions of f_i      (this function returns the bracket).
+
+    That holds only if ``fc`` reads the mean of the layer's output over its positions and nothing
+    else, which is checked on one forward pass of ``x`` (images the model takes; for a DermNet, a
+    64 px probe when ``x`` is None). Any other head (a ReLU or a LayerNorm before it, a ViT's CLS
+    token after further blocks) is refused: its bracket would be a number with no meaning.
+    ``layer``: the SAE's layer, ``sae.layer`` by default."""
+    check_model(model)
     head = resolve_layer(model, fc)
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"fc={layer_name(model, fc)} must be an nn.Linear, got {type(head).__name__}")
+    layer = sae.layer if layer is None else layer
+    if layer is None:
+        raise ValueError("the SAE does not record the layer it reads: pass layer=")
+    if x is None:
+        if not isinstance(model, _models.DermNet):
+            raise ValueError("direct_effect checks that fc reads the layer through global average pooling on one "
+                             "forward pass: pass x= (a few images the model takes)")
+        param = next(model.parameters())
+        x = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0)
+                       ).to(device=param.device, dtype=param.dtype)
+    check_input(x, "x", model=model)
+    fed = {}
+    handle = head.register_forward_pre_hook(lambda module, args: fed.__setitem__("in", args[0].detach()))
+    try:
+        with capture(model, layer, gradient=False) as rec, torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    act = rec.activation
+    pooled = act.mean((2, 3)) if act.dim() == 4 else None
+    if pooled is None or "in" not in fed or fed["in"].shape != pooled.shape or not torch.allclose(
+            fed["in"], pooled, rtol=1e-4, atol=1e-5 * (1 + float(pooled.abs().max()))):
+        raise ValueError(f"direct_effect needs {layer_name(model, layer)} to feed {layer_name(model, fc)} through "
+                         "global average pooling alone, and this model's head does something else in between: a "
+                         "latent's effect on the logit is not a fixed number here (measure it with ablate_latents)")
     return (sae.W_dec.detach() @ head.weight.detach()[target]) / float(sae.act_scale)
 
 

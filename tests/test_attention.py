@@ -428,16 +428,28 @@ class _Wrapper(nn.Module):
         return self.module(x)
 
 
+@pytest.fixture(scope="module", params=["DermViT", "timm_vit_tiny"])
+def any_vit(request, vit):
+    """The course's DermViT (a timm subclass) and timm's own vit_tiny at 64 px (random weights)."""
+    if request.param == "DermViT":
+        return vit
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=10).eval()
+
+
 @pytest.fixture(scope="module")
-def plain_results(vit, x):
-    return attention_maps(vit, x[:2]), relevance(vit, x[:2], 3)
+def plain_results(any_vit, x):
+    return attention_maps(any_vit, x[:2]), relevance(any_vit, x[:2], 3)
 
 
 @pytest.mark.parametrize("wrap", [nn.DataParallel, _Wrapper], ids=["DataParallel", "module-wrapper"])
-def test_the_attention_helpers_unwrap_a_module_wrapped_vit(vit, x, wrap, plain_results):
+def test_the_attention_helpers_unwrap_a_module_wrapped_vit(any_vit, x, wrap, plain_results):
     x = x[:2]
-    wrapped = wrap(vit).eval()
+    wrapped = wrap(any_vit).eval()
     maps, rel = plain_results
+    assert len(maps) == len(any_vit.blocks)
     assert all(torch.equal(a, b) for a, b in zip(attention_maps(wrapped, x), maps, strict=True))
     assert torch.equal(relevance(wrapped, x, 3), rel)
     assert max(verify_attention(wrapped, x)) < 1e-5

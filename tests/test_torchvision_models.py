@@ -436,6 +436,11 @@ def test_matrix_grad_cam(setup):
             CAM.grad_cam(s.model, s.x, s.t, s.layer)
         ours = CAM.grad_cam(s.model, s.x, s.t, s.layer, upsample=False, reshape=A.tokens_to_grid)
         assert ours.shape == (2, 1, 4, 4) and ours.abs().max() > 0
+        with pytest.raises(ValueError, match="tokens_to_grid"):
+            CAM.grad_cam_pp(s.model, s.x, s.t, s.layer)
+        pp = CAM.grad_cam_pp(s.model, s.x, s.t, s.layer, upsample=False, reshape=A.tokens_to_grid)
+        _runs(pp, (2, 1, 4, 4))
+        assert (pp.flatten(1).amax(1) > 0).all()  # a map for each image, not an empty one
     else:
         ours = CAM.grad_cam(s.model, s.x, s.t, s.layer, upsample=False)
         _close(ours, _captum_grad_cam(s.model, module, s.x, s.t))
@@ -472,7 +477,9 @@ def test_matrix_score_cam(setup):
 def test_matrix_guided_backprop_and_deconvnet(setup):
     s = setup
     if s.name in ("vit", "convnext_tiny"):  # GELU only: no nn.ReLU to override, and the error says so
-        for method in (CAM.guided_backprop, D.deconvnet):
+        for method in (CAM.guided_backprop, D.deconvnet, lambda m, x, t: CAM.guided_grad_cam(m, x, t, s.layer),
+                       lambda m, x, t: D.unit_projection(m, x, s.unit, 2, 0, 0),
+                       lambda m, x, t: D.unit_projection(m, x, s.unit, 2, 0, 0, rule="guided")):
             with pytest.raises(ValueError, match="has none.*GELU"):
                 method(s.model, s.x, s.t)
         s.assert_untouched()
@@ -597,7 +604,9 @@ def test_matrix_evaluation_metrics(setup):
     ours = E.infidelity(s.model, s.x, s.t, attr, perturb, n_samples=3, seed=0, channels_last=False)
     torch.manual_seed(0)
     theirs = captum_infidelity(s.model, perturb, s.x, attr, target=s.t, n_perturb_samples=3)
-    _close(ours, theirs, rel=1e-4)
+    assert theirs.abs().min() > 0 and torch.equal(ours, theirs)  # "Captum's numbers bit for bit", as documented
+    fast = E.infidelity(s.model, s.x, s.t, attr, perturb, n_samples=3, seed=0)  # channels-last: round-off only
+    _close(fast, theirs, rel=2e-3)
     ours = E.sensitivity_max(G.saliency, s.model, s.x, s.t, radius=0.02, n_samples=3, seed=0)
     torch.manual_seed(0)
     theirs = captum_sensitivity_max(lambda inputs, target: Saliency(s.model).attribute(inputs, target=target),
@@ -621,6 +630,247 @@ def test_matrix_attention(setup):
     maps = A.attention_maps(s.model, s.x)
     _runs(A.rollout(maps))
     _runs(A.relevance(s.model, s.x, s.t), (2, 1, 64, 64))
+    s.assert_untouched()
+
+
+
+# ---- concepts: CAVs, TCAV with its t-test, relative TCAV; Captum's TCAV as the reference ----------
+
+def _tcav_sets():
+    """A concept set (a red square on dim noise), two random sets and the class images, 4 images each."""
+    g = torch.Generator().manual_seed(21)
+    concept = 0.5 * torch.rand(4, 3, 64, 64, generator=g)
+    concept[:, 0, 16:48, 16:48] = 1.0
+    randoms = [torch.rand(4, 3, 64, 64, generator=g) for _ in range(2)]
+    return concept, randoms, torch.rand(4, 3, 64, 64, generator=g)
+
+
+def test_matrix_tcav(setup, tmp_path, monkeypatch):
+    s = setup
+    concept, randoms, images = _tcav_sets()
+    acts = [C.layer_activations(s.model, s.unit, z) for z in (concept, *randoms)]
+    cav, accuracy = C.train_cav(acts[0], acts[1], seed=0)
+    assert cav.shape == acts[0].shape[1:] and abs(float(cav.norm()) - 1) < 1e-5 and 0 <= accuracy <= 1
+    out = C.tcav_test(s.model, s.unit, concept, randoms, images, 3)
+    s.assert_untouched()
+    for i in range(2):  # CAV i: concept vs random set i, held-out split seed + i; the null's: random i vs i + 1
+        assert torch.allclose(out["cavs"][i], C.train_cav(acts[0], acts[1 + i], seed=i)[0], atol=1e-4)
+        assert torch.allclose(out["random_cavs"][i], C.train_cav(acts[1 + i], acts[2 - i], seed=i)[0], atol=1e-4)
+    grads = C.layer_gradients(s.model, s.unit, images, 3)[s.unit][1]
+    sens = grads @ out["cavs"].T
+    assert torch.equal(out["scores"], (sens > 0).float().mean(0))  # the share of positive sensitivities
+    assert torch.equal(out["random_scores"], ((grads @ out["random_cavs"].T) > 0).float().mean(0))
+    assert out["p_value"] == C.significance(out["scores"], out["random_scores"])["p_value"]
+    rel = C.relative_tcav(s.model, s.unit, concept, randoms[0], images, 3, seeds=range(2))
+    s.assert_untouched()
+    for i in range(2):  # concept vs random set 0 with split i: tcav_test's first CAV, another split
+        v = C.train_cav(acts[0], acts[1], seed=i)[0]
+        assert float(rel["scores"][i]) == float(((grads @ v) > 0).float().mean())
+    # Captum's TCAV, given our CAVs, counts the same images and weighs them the same (on resnet18 and
+    # the ViT: a token layer; densenet and convnext add ~1 s for the same code path)
+    if s.name not in ("resnet18", "vit"):
+        return
+    monkeypatch.chdir(tmp_path)  # Captum must write nothing into the working directory
+    sets = {"concept": concept, "random_0": randoms[0], "random_1": randoms[1]}
+    pairs = [("concept", "random_0"), ("concept", "random_1")]
+    theirs = C.captum_reference(s.model, s.unit, sets, pairs, images, 3,
+                                cavs={p: out["cavs"][i] for i, p in enumerate(pairs)})
+    for i, p in enumerate(pairs):
+        assert theirs[p]["sign_count"] == float(out["scores"][i])
+        # "magnitude": the mean sensitivity, as Captum's code computes it (its docstring gives another formula)
+        assert abs(theirs[p]["magnitude"] - float(sens[:, i].mean())) <= 1e-4 * float(sens[:, i].abs().mean())
+    import os
+
+    assert os.listdir(tmp_path) == []
+    s.assert_untouched()
+
+
+# ---- SAEs inside the model: splice, ablate, direct effect, the probe, the metrics ----------------
+
+_SAES = {}
+
+
+def _sae(s):
+    """A TopK SAE (16 latents, k = 2) trained for 3 steps on the CAM layer's vectors, once per model."""
+    if s.name not in _SAES:
+        acts = S.layer_vectors(s.model, s.x, s.layer)
+        scale = S.norm_scale(acts)
+        sae = S.TopKSAE(acts.shape[1], 16, k=2)
+        sae.act_scale.fill_(scale)
+        S.train_sae(sae, S.normalize(acts, scale), steps=3, batch_size=8, layer=s.layer, progress=False)
+        _SAES[s.name] = acts, sae
+    return _SAES[s.name]
+
+
+def _vectors(fmap):
+    """One vector per position, (image, row, column) order, or per token: as layer_vectors documents."""
+    return fmap.reshape(-1, fmap.shape[-1]) if fmap.dim() == 3 else fmap.permute(0, 2, 3, 1).reshape(-1, fmap.shape[1])
+
+
+def test_matrix_sae_editing(setup):
+    s = setup
+    acts, sae = _sae(s)
+    xn = acts * sae.act_scale
+    with capture(s.model, s.layer) as rec, torch.no_grad():
+        plain = s.model(s.x)
+    _close(acts, _vectors(rec.activation))  # layer_vectors' order: image, row, column (or token)
+    with torch.no_grad():
+        codes = S.latent_codes(sae, xn)
+        recon = sae.decode(codes) / sae.act_scale
+    # splice: the layer's output, as the rest of the model sees it, is the reconstruction
+    with S.splice(s.model, sae), capture(s.model, s.layer) as rec, torch.no_grad():
+        spliced = s.model(s.x)
+    _close(_vectors(rec.activation), recon)
+    assert not torch.allclose(spliced, plain, rtol=1e-3, atol=1e-4)  # 3 steps reconstruct badly: it shows
+    # ablating no latent changes nothing; ablating latent j removes f_j W_dec[j] and keeps the error
+    with S.ablate_latents(s.model, sae, []), torch.no_grad():
+        _close(s.model(s.x), plain, rel=1e-4)
+    j = int(codes.sum(0).argmax())
+    with S.ablate_latents(s.model, sae, [j]), capture(s.model, s.layer) as rec, torch.no_grad():
+        ablated = s.model(s.x)
+    _close(_vectors(rec.activation), acts - codes[:, j:j + 1] * sae.W_dec[j].detach() / sae.act_scale, rel=1e-4)
+    s.assert_untouched()
+    # downstream: the model's accuracy and the KL to the spliced model's outputs
+    out = S.downstream(s.model, sae, s.x, s.t)
+    p, q = plain.log_softmax(1), spliced.log_softmax(1)
+    assert out["accuracy_model"] == float((plain.argmax(1) == s.t).float().mean())
+    assert out["accuracy"] == float((spliced.argmax(1) == s.t).float().mean())
+    assert abs(out["kl"] - float((p.exp() * (p - q)).sum(1).mean())) <= 1e-4 * (1 + out["kl"]) and out["kl"] > 0
+    # LatentProbe: the model's logits, and the latents as a map (or as tokens) a hook can read
+    probe = S.LatentProbe(s.model, sae)
+    with capture(probe, "latents") as rec, torch.no_grad():
+        assert torch.equal(probe(s.x), plain)
+    lat = rec.activation
+    want = codes.view(2, -1, 16) if s.vit else codes.view(2, *lat.shape[2:], 16).permute(0, 3, 1, 2)
+    assert lat.shape == want.shape and torch.allclose(lat, want, atol=1e-5)
+    assert count_hooks(probe) == 0
+    # evaluate: L0, the normalised MSE and the variance explained, dead latents
+    metrics = S.evaluate(sae, xn)
+    with torch.no_grad():
+        nmse = float((xn - sae(xn)).double().pow(2).sum() / (xn - xn.mean(0)).double().pow(2).sum())
+    assert metrics["l0"] == float((codes > 0).sum(1).double().mean()) and 0 < metrics["l0"] <= 2
+    assert abs(metrics["nmse"] - nmse) <= 1e-5 * nmse and abs(metrics["fve"] - (1 - nmse)) <= 1e-5
+    assert metrics["dead"] == float(((codes > 0).sum(0) == 0).double().mean())
+    if s.name == "resnet18":  # layer4 -> global average pooling -> fc: the direct effect is exact
+        effect = S.direct_effect(s.model, sae, 3, "fc", x=s.x)
+        change = plain[:, 3] - ablated[:, 3]  # ablating latent j removes its direct effect, times its mean
+        _close(change, effect[j] * codes[:, j].view(2, -1).mean(1), rel=1e-4)
+    s.assert_untouched()
+
+
+_HEADS = {"resnet18": "fc", "densenet121": "classifier", "convnext_tiny": "classifier.2", "vit": "head"}
+
+
+def test_matrix_direct_effect_refuses_a_head_that_is_not_gap_then_linear(setup):
+    """densenet (a ReLU after norm5), convnext (a LayerNorm before the head) and the ViT (the CLS
+    token, after 2 more blocks) do not read the layer through global average pooling alone."""
+    s = setup
+    if s.name == "resnet18":  # its direct effect is checked against the model above
+        return
+    _, sae = _sae(s)
+    try:
+        with pytest.raises(ValueError, match="global average pooling"):
+            S.direct_effect(s.model, sae, 3, _HEADS[s.name], x=s.x)
+        with pytest.raises(ValueError, match="pass x="):  # not a DermNet: no probe to assume
+            S.direct_effect(s.model, sae, 3, _HEADS[s.name])
+    finally:
+        s.assert_untouched()
+
+
+# ---- Adebayo et al.'s randomization test ---------------------------------------------------------
+
+def test_matrix_randomization_test(setup):
+    s = setup
+    methods = {"saliency": G.saliency}
+    head = _HEADS[s.name]  # one step, the head (re-initializing a whole stage of convnext costs seconds)
+    out = SN.randomization_test(s.model, methods, s.x, s.t, steps=[head], seed=0)
+    s.assert_untouched()
+    assert set(out["maps"]) == {"original", head}
+    original = G.saliency(s.model, s.x, s.t)
+    assert torch.equal(out["maps"]["original"]["saliency"], original)
+    randomized = G.saliency(SN.randomized(s.model, head, cascade=True, seed=0), s.x, s.t)
+    assert torch.equal(out["maps"][head]["saliency"], randomized)
+    assert not torch.allclose(randomized, original)
+    want = SN.similarities(original, randomized)
+    got = out["similarity"][head]["saliency"]
+    assert set(got) == set(want) and all(torch.equal(torch.as_tensor(got[k]), torch.as_tensor(want[k])) for k in want)
+    s.assert_untouched()
+
+
+# ---- feature visualization: the other objectives --------------------------------------------------
+
+def test_matrix_visualize_neuron_direction_class_logit(setup):
+    """One Adam step from visualize's seeded start, and the objective's value at the image it
+    reaches, measured by hand: visualize's history after two steps."""
+    s = setup
+    with capture(s.model, s.unit) as rec, torch.no_grad():
+        s.model(s.x[:1])
+    shape = rec.activation.shape  # [1, T, C] for the ViT, [1, C, h, w] for the CNNs
+    v = torch.randn(shape[-1] if s.vit else shape[1], generator=torch.Generator().manual_seed(4))
+    y = shape[1] // 2 if s.vit else shape[2] // 2  # the ViT: token y (x = 0); the CNNs: the middle of the grid
+
+    def by_hand(img, which):
+        with capture(s.model, s.unit) as rec, torch.no_grad():
+            logits = s.model(img)
+        a = rec.activation
+        if which == "neuron":
+            return a[:, y, 2] if s.vit else a[:, 2, y, y]
+        if which == "direction":
+            u = v / v.norm()
+            return (a @ u).mean(1) if s.vit else torch.einsum("bchw,c->bhw", a, u).flatten(1).mean(1)
+        return logits[:, 3]
+
+    objectives = {"neuron": FV.neuron(s.unit, 2, y, 0 if s.vit else y), "direction": FV.direction(s.unit, v),
+                  "class_logit": FV.class_logit(3)}
+    for which, objective in objectives.items():
+        one = FV.visualize(s.model, objective, steps=1, transforms=None)
+        _runs(one, (1, 3, 64, 64))
+        _, history = FV.visualize(s.model, objective, steps=2, transforms=None, return_history=True)
+        assert len(history) == 2
+        _close(history[1], by_hand(one, which)[0], rel=1e-4)
+    s.assert_untouched()
+
+
+# ---- attention: recording, timm's slow path, flow ------------------------------------------------
+
+def _flow_by_networkx(maps, image, residual=0.5):
+    """Attention flow from its definition: max-flow from the top CLS node to each bottom token."""
+    import networkx as nx
+
+    g, t = nx.DiGraph(), maps[0].shape[-1]
+    for level, a in enumerate(maps):
+        fused = residual * torch.eye(t, dtype=torch.float64) + (1 - residual) * a[image].double().mean(0)
+        fused = fused / fused.sum(-1, keepdim=True)
+        for i in range(t):
+            for j in range(t):
+                g.add_edge((level + 1, i), (level, j), capacity=float(fused[i, j]))
+    return torch.tensor([nx.maximum_flow_value(g, (len(maps), 0), (0, j)) for j in range(t)], dtype=torch.float64)
+
+
+def test_matrix_attention_recording_and_flow(setup):
+    s = setup
+    if not s.vit:
+        for call in (lambda: A.record_attention(s.model).__enter__(), lambda: A.unfused_attention(s.model).__enter__()):
+            with pytest.raises(TypeError, match="no transformer blocks: expected a timm VisionTransformer"):
+                call()
+        s.assert_untouched()
+        return
+    with torch.no_grad():
+        plain = s.model(s.x)
+    with A.record_attention(s.model) as rec, torch.no_grad():
+        hooked = s.model(s.x)
+    assert torch.equal(hooked, plain)  # the model ran untouched
+    maps = A.attention_maps(s.model, s.x)
+    assert len(rec.attentions) == len(maps) == 12
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(rec.attentions, maps))
+    with A.unfused_attention(s.model) as probs, torch.no_grad():
+        slow = s.model(s.x)
+    _close(slow, plain, rel=1e-5)
+    assert len(probs) == 12 and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(probs, maps))
+    assert all(b.attn.fused_attn for b in s.model.blocks)  # switched back
+    flow = A.attention_flow(maps)
+    assert flow.shape == (2, 17)
+    assert torch.allclose(flow[0].cpu(), _flow_by_networkx(maps, 0), atol=1e-6)
     s.assert_untouched()
 
 
@@ -675,3 +925,49 @@ def test_non_finite_scores_are_refused(resnet18, images, method):
     with pytest.raises(ValueError, match="NaN or inf scores"):
         _finite_methods()[method](model, images)
     assert count_hooks(resnet18) == 0 and all(p.grad is None for p in resnet18.parameters())
+
+
+def _nan_bias_net():
+    """conv -> ReLU -> max-pool -> conv -> ReLU -> pooling -> fc, the first conv's bias NaN in one channel."""
+    net = _seeded(lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                        nn.Flatten(), nn.Linear(4, 3)))
+    with torch.no_grad():
+        net[0].bias[0] = float("nan")
+    return net
+
+
+_LAYER_METHODS = {  # the methods that read a layer's output and returned NaN from a NaN bias below it
+    "unit_projection": lambda m, layer, x: D.unit_projection(m, x, layer, 0, 1, 1),
+    "zeiler_fergus": lambda m, layer, x: D.zeiler_fergus(m, x, layer, 0, 1, 1),
+    "layer_activations": lambda m, layer, x: C.layer_activations(m, layer, x),
+    "layer_vectors": lambda m, layer, x: S.layer_vectors(m, x, layer),
+}
+
+
+@pytest.mark.parametrize("method", list(_LAYER_METHODS))
+def test_a_non_finite_layer_output_is_refused(resnet18, images, method):
+    """With a NaN bias below the layer (finite images), these returned NaN maps and activations
+    without a word; they refuse, as top_activating does, and name the images."""
+    import copy
+
+    call = _LAYER_METHODS[method]
+    broken = copy.deepcopy(resnet18)
+    with torch.no_grad():
+        broken.bn1.bias[0] = float("nan")
+
+    def stem(m):  # zeiler_fergus walks nn.Sequential models: resnet18's own stem, as one
+        return nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool).eval()
+
+    if method == "zeiler_fergus":
+        cases = [(_nan_bias_net(), "3", "3"), (stem(broken), "3", "3")]
+        healthy = stem(resnet18)
+    else:
+        cases = [(_nan_bias_net(), "3", "3"), (broken, "layer3", "layer3")]
+        healthy = resnet18
+    for model, layer, name in cases:
+        with pytest.raises(ValueError, match=rf"layer '{name}' returned NaN or inf activations for images \[0, 1\]"):
+            call(model, layer, images)
+        assert count_hooks(model) == 0 and all(p.grad is None for p in model.parameters())
+        assert all("forward" not in vars(m) for m in model.modules())  # relu_rule put every ReLU back
+    assert torch.isfinite(call(healthy, cases[1][1], images)).all()  # the intact model is not refused
