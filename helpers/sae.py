@@ -348,6 +348,7 @@ def train_sae(sae: _SAE, acts: torch.Tensor, *, steps: int = 1000, batch_size: i
             since_fired[since_fired >= dead_after] = 0
         history["loss"].append(float(losses["loss"].detach()))
         history["mse"].append(float(losses["mse"].detach()))
+    opt.zero_grad(set_to_none=True)  # no gradients left on the parameters
     sae.eval()
     if layer is not None:
         sae.layer = layer

@@ -139,6 +139,7 @@ def test_training_is_deterministic_and_reconstructs():
     assert hist["mse"][-1] < 0.7 * hist["mse"][0]
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)
     assert not sae.training
+    assert all(p.grad is None for p in sae.parameters())  # no gradients left behind
 
 
 def test_relu_training_resamples_dead_latents():

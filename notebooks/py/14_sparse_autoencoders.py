@@ -235,6 +235,7 @@ for a in (ax, ax2):
 ax.legend()
 plt.show()
 print(f"7 SAEs trained: {time.perf_counter() - start:.1f} s")
+del train_acts  # the 256,000 training vectors (131 MB) are not read again
 
 # %% [markdown]
 # ## 5. Find it: which latent detects the ruler?
@@ -559,6 +560,7 @@ assert n_small < len(ruler_latents)
 assert best["shortcut"] == 925 and len(ruler_latents) == 40
 assert fmt(compare_rows["debiased"]["CAV accuracy"], 2) == "0.72"
 print("every ReLU SAE of the sweep shrinks more than every TopK SAE; the smaller dictionary has fewer ruler latents")
+del small_codes, eval_acts, held  # 80 MB not read again (the exercises use codes and eval_set)
 
 # %% [markdown]
 # ## 10. Your turn
