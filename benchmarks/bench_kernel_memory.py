@@ -9,6 +9,12 @@ the most it held on the way (its peak, Linux's VmHWM). Each notebook runs in a f
 a copy; nothing in the checkout changes. ``make notebooks`` checks the same bar after each
 notebook under nbval (conftest.py) on the kernel's private memory, which does not vary with how
 the shared libraries' pages happen to be counted; this script prints both. It writes build/bench/kernel_memory.md.
+
+    python -m benchmarks.bench_kernel_memory --together 01 04 06 11 15
+
+keeps every kernel open until all the notebooks have run, as a learner with five tabs does, and
+reports what they hold together: the sum of their proportional set sizes (Linux's Pss, which
+splits each shared page between the processes that map it), which is the RAM the open kernels take.
 """
 
 from __future__ import annotations
@@ -50,9 +56,60 @@ def measure(path: Path) -> tuple[float, int | None, int | None, int]:
     return time.perf_counter() - start, rss, peak, private
 
 
+def _pss_bytes(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def together(paths: list[Path]) -> None:
+    """Run each notebook in its own kernel, all kept open, then report each kernel's resident,
+    private and proportional memory, and their sums."""
+    import nbformat
+    from jupyter_core.utils import run_sync
+    from nbclient import NotebookClient
+
+    clients, rows = [], []
+    try:
+        for path in paths:
+            nb = nbformat.read(str(path), as_version=4)
+            client = NotebookClient(nb, kernel_name="python3", timeout=600,
+                                    resources={"metadata": {"path": str(path.parent)}})
+            client.km = client.create_kernel_manager()
+            client.start_new_kernel()
+            client.start_new_kernel_client()
+            clients.append((path, client))
+            for index, cell in enumerate(nb.cells):
+                client.execute_cell(cell, index)
+            print(f"ran {path.name}", flush=True)
+        print(f"\n{'notebook (all kernels open)':<36} {'resident':>9} {'private':>8} {'Pss':>8}  GB")
+        for path, client in clients:
+            pid = client.km.provisioner.process.pid
+            rss = _status_bytes(pid, "VmRSS") or 0
+            private = (_status_bytes(pid, "RssAnon") or 0) + (_status_bytes(pid, "RssShmem") or 0)
+            pss = _pss_bytes(pid) or 0
+            rows.append((path.name, rss, private, pss))
+            print(f"{path.name:<36} {rss / 1e9:9.2f} {private / 1e9:8.2f} {pss / 1e9:8.2f}")
+        total = [sum(r[i] for r in rows) for i in (1, 2, 3)]
+        print(f"{'sum':<36} {total[0] / 1e9:9.2f} {total[1] / 1e9:8.2f} {total[2] / 1e9:8.2f}")
+        print(f"\n{len(rows)} open kernels take {total[2] / 1e9:.2f} GB of RAM (the sum of their Pss); the sum "
+              f"of their resident sizes, {total[0] / 1e9:.2f} GB, counts the shared libraries once per kernel")
+    finally:
+        for _, client in clients:
+            run_sync(client.km.shutdown_kernel)(now=True)
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if argv and argv[0] == "--together":
+        wanted = {a.zfill(2) for a in argv[1:]}
+        together([p for p in notebooks if not wanted or p.name[:2] in wanted])
+        return
     if argv:
         notebooks = [p for p in notebooks if p.name[:2] in {a.zfill(2) for a in argv}]
     rows = []
