@@ -534,7 +534,7 @@ def test_flip_rate_checker():
 
     assert check_flip_rate(_my_flip_rate).passed
     from helpers.data import MEL
-    from helpers.exercises import _flip_pair
+    from helpers.exercises.nb15_debugging_playbook import _flip_pair
     from helpers.models import load_dermnet
     from helpers.train import artifact_intervention
     off, on = _flip_pair()
@@ -559,3 +559,21 @@ def test_shortcut_question_checker():
     assert not check_shortcut_question("ink", "nv").passed
     assert "artifact must be" in check_shortcut_question("tattoo", "mel").message
     assert "stands_for must be" in check_shortcut_question("ink", "melanoma").message
+
+
+def test_each_notebooks_checkers_live_in_its_own_module():
+    """A learner looking for notebook 10's checker finds it in helpers/exercises/nb10_tcav.py: every
+    checker a notebook imports is defined in the module named after that notebook."""
+    import re
+    from pathlib import Path
+
+    import helpers.exercises as ex
+
+    root = Path(__file__).resolve().parent.parent
+    seen = 0
+    for twin in sorted((root / "notebooks" / "py").glob("[0-9][0-9]_*.py")):
+        for names in re.findall(r"from helpers\.exercises import ([^#\n]+)", twin.read_text()):
+            for name in re.findall(r"check_\w+", names):
+                assert getattr(ex, name).__module__ == f"helpers.exercises.nb{twin.stem}", (twin.name, name)
+                seen += 1
+    assert seen >= 40 and set(ex.__all__) >= {"compare", "check_method", "CheckResult", "run_learner"}
