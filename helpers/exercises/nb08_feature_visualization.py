@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import CheckResult, compare
+from .core import CheckResult, _bool_answers, compare
 
 
 def check_fft_scale(your_fn, size: int = 16) -> CheckResult:
@@ -48,8 +48,9 @@ def check_ruler_channels_question(answer: bool) -> CheckResult:
     from ..models import load_dermnet
     from ..train import TEST_SEEDS
 
-    if not isinstance(answer, bool):
-        return CheckResult(False, "ruler channels", f"answer must be True or False, got {answer!r}")
+    early = _bool_answers("ruler channels", {"fires_on_rulers_in_other_classes": answer})
+    if early is not None:
+        return early
     model = load_dermnet("shortcut")
     test_a = make_dataset(1000, clinic="A", seed=TEST_SEEDS["A"])
     with capture(model, "layer4") as rec, torch.no_grad():
@@ -64,4 +65,5 @@ def check_ruler_channels_question(answer: bool) -> CheckResult:
     if answer == truth:
         return CheckResult(True, "ruler channels", f"right: {facts}" + (
             "; the channel answers the ruler, not the lesion" if truth else ""))
-    return CheckResult(False, "ruler channels", f"not quite: {facts}")
+    return CheckResult(False, "ruler channels", "not quite: run the search yourself (top_activating on the channel, "
+                                                "then count the top 9 images that have a ruler and are not melanomas)")

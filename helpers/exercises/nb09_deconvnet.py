@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import CheckResult, compare
+from .core import CheckResult, _bool_answers, compare
 
 
 def check_conv_transpose(your_fn) -> CheckResult:
@@ -72,9 +72,9 @@ def check_deconvnet_class_question(deconvnet_tells_the_class: bool) -> CheckResu
     from ..report import fmt
     from ..train import TEST_SEEDS
 
-    if not isinstance(deconvnet_tells_the_class, bool):
-        return CheckResult(False, "deconvnet and the class",
-                           f"answer must be True or False, got {deconvnet_tells_the_class!r}")
+    early = _bool_answers("deconvnet and the class", {"deconvnet_tells_the_class": deconvnet_tells_the_class})
+    if early is not None:
+        return early
     model = load_dermnet("shortcut")
     x = make_dataset(32, clinic="B", seed=TEST_SEEDS["B"] + 29).images
     others = [c for c in range(model.fc.out_features) if c != MEL]
@@ -88,4 +88,6 @@ def check_deconvnet_class_question(deconvnet_tells_the_class: bool) -> CheckResu
     if deconvnet_tells_the_class == truth:
         return CheckResult(True, "deconvnet and the class", f"right: {facts}" + (
             "" if truth else "; the deconvnet map is mostly the same picture whatever the class"))
-    return CheckResult(False, "deconvnet and the class", f"not quite: {facts}")
+    return CheckResult(False, "deconvnet and the class",
+                       "not quite: measure it (the mean rank correlation between the mel map and each other class's "
+                       "map, for the deconvnet and for Grad-CAM)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import CheckResult
+from .core import CheckResult, _bool_answers
 
 
 def _tcav_inputs():
@@ -70,9 +70,9 @@ def check_ink_question(shortcut_uses_ink: bool, debiased_uses_ink: bool) -> Chec
     from ..data import MEL
     from ..models import load_dermnet
 
-    for name, value in (("shortcut_uses_ink", shortcut_uses_ink), ("debiased_uses_ink", debiased_uses_ink)):
-        if not isinstance(value, bool):
-            return CheckResult(False, "ink", f"{name} must be True or False, got {value!r}")
+    early = _bool_answers("ink", {"shortcut_uses_ink": shortcut_uses_ink, "debiased_uses_ink": debiased_uses_ink})
+    if early is not None:
+        return early
     ink = {"ink": concept_images("ink", 50)}
     randoms = [random_images(50, seed=i) for i in range(20)]
     mel = class_images("mel", 100)
@@ -90,4 +90,5 @@ def check_ink_question(shortcut_uses_ink: bool, debiased_uses_ink: bool) -> Chec
                                         "falls along the ink direction. Whether the *decision* uses ink is a question "
                                         "for an intervention")
     wrong = [n for n, a, t in zip(("shortcut_uses_ink", "debiased_uses_ink"), answer, truth) if a != t]
-    return CheckResult(False, "ink", f"not quite ({', '.join(wrong)}): {detail}")
+    return CheckResult(False, "ink", f"not quite ({', '.join(wrong)}): run the test yourself (ink against the 20 "
+                                     "random sets at each layer, 21 tests for Bonferroni) and read its p-values")

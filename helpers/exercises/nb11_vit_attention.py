@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import CheckResult, compare
+from .core import CheckResult, _bool_answers, compare
 
 
 def check_rollout(your_fn) -> CheckResult:
@@ -61,9 +61,9 @@ def check_debiased_vit_question(attends_to_ruler: bool, uses_ruler: bool) -> Che
     from ..report import fmt
     from ..train import TEST_SEEDS
 
-    for name, value in (("attends_to_ruler", attends_to_ruler), ("uses_ruler", uses_ruler)):
-        if not isinstance(value, bool):
-            return CheckResult(False, "debiased ViT", f"{name} must be True or False, got {value!r}")
+    early = _bool_answers("debiased ViT", {"attends_to_ruler": attends_to_ruler, "uses_ruler": uses_ruler})
+    if early is not None:
+        return early
     model = load_vit("debiased")
     test_a = make_dataset(2000, clinic="A", seed=TEST_SEEDS["A"])
     index = torch.nonzero(test_a.has_ruler)[16:32, 0]
@@ -84,4 +84,6 @@ def check_debiased_vit_question(attends_to_ruler: bool, uses_ruler: bool) -> Che
         return CheckResult(True, "debiased ViT", f"right: {facts}; {lesson}")
     wrong = [n for n, a, t in (("attends_to_ruler", attends_to_ruler, truth[0]), ("uses_ruler", uses_ruler, truth[1]))
              if a != t]
-    return CheckResult(False, "debiased ViT", f"not quite ({', '.join(wrong)}): {facts}")
+    return CheckResult(False, "debiased ViT", f"not quite ({', '.join(wrong)}): measure both (the last block's CLS "
+                                              "attention mass on the ruler against the ruler's share; the mel logit "
+                                              "with and without the ruler)")
