@@ -296,11 +296,17 @@ def test_exercise_checkers():
     assert "raised" in check_tcav_score(lambda g, c: 1 / 0).message
 
 
-def test_ink_question_checks_its_answers():
+def test_ink_question_is_answered_by_tcav_and_by_the_intervention():
+    """Notebook 10's exercise 2: exactly one pair of answers passes, measured on fresh images, and a
+    wrong answer is told how to measure it, not the figures."""
     from helpers.exercises import check_ink_question
 
-    result = check_ink_question("yes", False)
-    assert not result and "shortcut_uses_ink must be True or False" in result.message
+    assert "ink_significant must be True or False" in check_ink_question("yes", False).message
+    results = {(a, b): check_ink_question(a, b) for a in (True, False) for b in (True, False)}
+    assert sum(r.passed for r in results.values()) == 1
+    right = next(r for r in results.values() if r.passed)
+    assert "adding ink turns" in right.message and "TCAV: layer2" in right.message
+    assert all("adding ink turns" not in r.message for r in results.values() if not r.passed)
 
 
 # ---- models a learner brings (issue 25) ----
