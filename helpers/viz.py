@@ -229,10 +229,12 @@ _LABEL = "56px"  # the labels of the first column (clinic, class, method), all o
 
 class Explorer:
     """Pick an image (clinic, class, ruler on/off, which one of the class's 20), a model, a method
-    and its main knob; see the map for the chosen class over the image, and its ruler and lesion mass.
+    and its main knob; see the map over the image, and its ruler and lesion mass.
 
-    The map explains the class chosen in the "class" control (the image's true class), whatever
-    the model predicts; the image's title gives the prediction. ``explorer(method)`` returns an
+    The "explain" control picks the class the map explains: the model's prediction (the default:
+    on a nevus with a ruler, the shortcut model predicts mel, and its map shows why) or the image's
+    own class, the one chosen in the "class" control. The image's title gives the prediction, the
+    map's title the class explained. ``explorer(method)`` returns an
     ``Explorer``, which a notebook displays as its widget (``widget``, the ipywidgets box) when a
     kernel runs it, and, for viewers without a kernel, as a picture of its first view
     (``snapshot_png()``) with one line saying so (see ``helpers.notebook_tools.strip_widget_state``).
@@ -273,6 +275,7 @@ class Explorer:
                                  continuous_update=False, style={"description_width": "initial"},
                                  layout=w.Layout(width="260px")),
             "model": toggles(["shortcut", "debiased"], "shortcut", "model", "100px"),  # room for the check mark
+            "explain": toggles(["prediction", "image's class"], "prediction", "explain", "110px"),
             "method": dropdown(list(self.methods), method, "method", "230px", first=True),
             "knob": dropdown([], None, "setting", "240px"),
         }
@@ -295,7 +298,7 @@ class Explorer:
         self.widget = w.VBox([w.HTML(_EXPLORER_CSS, layout=w.Layout(display="none")),
                               row(c["clinic"], c["ruler"], c["model"]),
                               row(c["class"], c["image"], self.image_label),
-                              row(c["method"], c["knob"]), self.output])
+                              row(c["method"], c["knob"], c["explain"]), self.output])
         self.widget.add_class("interp-explorer")
         self.update()
 
@@ -343,8 +346,9 @@ class Explorer:
         ruler, lesion = self.masses["ruler"], self.masses["lesion"]
         masses = (f"no ruler, lesion mass {lesion:.2f}" if ruler != ruler  # NaN: the image has no ruler
                   else f"ruler mass {ruler:.2f}, lesion {lesion:.2f}")
-        return (f"{self.target} image, clinic {c['clinic'].value}: predicted {self.prediction}",
-                f"{c['method'].value} for {self.target}{setting}\n{masses}",
+        which = "predicted" if c["explain"].value == "prediction" else "the image's class"
+        return (f"{c['class'].value} image, clinic {c['clinic'].value}: predicted {self.prediction}",
+                f"{c['method'].value} for {self.target} ({which}){setting}\n{masses}",
                 measures.format(c=self.target))
 
     def update(self) -> None:
@@ -357,13 +361,14 @@ class Explorer:
         model = self.model(c["model"].value)
         with torch.no_grad():
             scores = model(ds.images)
-        self.prediction, self.target = CLASSES[int(scores.argmax(1))], c["class"].value
+        self.prediction = CLASSES[int(scores.argmax(1))]
+        self.target = self.prediction if c["explain"].value == "prediction" else c["class"].value
         fn = self.methods[c["method"].value][1][c["knob"].value]
         self.attr = fn(model, ds.images, torch.tensor([CLASSES.index(self.target)])).detach()[0]
         magnitude = self.attr.abs().sum(0, keepdim=True)[None]
         self.masses = {name: float(mask_mass(magnitude, ds.masks[name])[0]) if ds.masks[name].any() else float("nan")
                        for name in ("ruler", "lesion")}
-        self.image_label.value = f"of {IMAGES_PER_CLASS} {self.target} images (clinic {c['clinic'].value})"
+        self.image_label.value = f"of {IMAGES_PER_CLASS} {c['class'].value} images (clinic {c['clinic'].value})"
         self.updates += 1
         if self.figure is not None:
             plt.close(self.figure)  # one live figure per explorer

@@ -61,21 +61,22 @@ def test_explorer_recomputes_the_map_and_masses_when_a_control_changes():
     e = Explorer("Grad-CAM", models=models)
     assert e.updates == 1 and e.figure is not None and e.attr.shape == (1, 64, 64)
     assert e.controls["knob"].value == "layer4" and "layer3" in e.controls["knob"].options
+    e.controls["explain"].value = "image's class"
     e.controls["class"].value = "mel"  # this random network has no positive evidence for nv (all 0 after the ReLU)
     first = e.attr.clone()
-    assert e.updates == 2 and first.abs().sum() > 0
+    assert e.updates == 3 and first.abs().sum() > 0
     e.controls["knob"].value = "layer3"
-    assert e.updates == 3 and not torch.equal(first, e.attr)
+    assert e.updates == 4 and not torch.equal(first, e.attr)
     # the masses are the map's, on the image the controls chose
     ds = e.image()
     assert e.masses["ruler"] == pytest.approx(float(mask_mass(e.attr.abs()[None], ds.masks["ruler"])[0]))
     e.controls["method"].value = "occlusion"  # the knob follows the method
     assert e.controls["knob"].description == "window" and e.controls["knob"].value == "8x8"
-    assert e.updates == 4
+    assert e.updates == 5
     e.controls["ruler"].value = "off"
-    assert e.updates == 5 and e.masses["ruler"] != e.masses["ruler"]  # NaN: no ruler in the image
+    assert e.updates == 6 and e.masses["ruler"] != e.masses["ruler"]  # NaN: no ruler in the image
     e.controls["model"].value = "debiased"
-    assert e.updates == 6
+    assert e.updates == 7
     with pytest.raises(ValueError, match="method must be one of"):
         Explorer("DeepDream", models=models)
 
@@ -88,7 +89,7 @@ def random_models():
     return {"shortcut": DermNet().eval(), "debiased": DermNet().eval()}  # no checkpoint needed
 
 
-def test_explorer_explains_the_chosen_class_and_says_so(random_models):
+def test_explorer_explains_the_prediction_or_the_images_class_and_says_which(random_models):
     from helpers.cam import grad_cam
     from helpers.data import CLASSES
     from helpers.viz import Explorer
@@ -98,11 +99,17 @@ def test_explorer_explains_the_chosen_class_and_says_so(random_models):
     e.controls["class"].value = chosen
     ds = e.image()
     x, model = ds.images, random_models["shortcut"]
-    assert torch.allclose(e.attr, grad_cam(model, x, CLASSES.index(chosen), "layer4")[0])
-    assert not torch.allclose(e.attr, grad_cam(model, x, CLASSES.index(e.prediction), "layer4")[0])
+    ours = {c: grad_cam(model, x, CLASSES.index(c), "layer4")[0] for c in (chosen, e.prediction)}
+    assert e.controls["explain"].value == "prediction"  # the default: why the model says what it says
+    assert e.target == e.prediction != chosen and torch.allclose(e.attr, ours[e.prediction])
     image_title, map_title = (ax.get_title() for ax in e.figure.axes[:2])
-    assert map_title.startswith(f"Grad-CAM for {chosen}, layer4")
+    assert map_title.startswith(f"Grad-CAM for {e.prediction} (predicted), layer4")
     assert f"predicted {e.prediction}" in image_title and image_title.startswith(chosen)
+    e.controls["explain"].value = "image's class"
+    assert e.target == chosen and torch.allclose(e.attr, ours[chosen])
+    assert not torch.allclose(e.attr, ours[e.prediction])
+    assert e.figure.axes[1].get_title().startswith(f"Grad-CAM for {chosen} (the image's class), layer4")
+    assert e.image_label.value == f"of 20 {chosen} images (clinic B)"
 
 
 def test_explorer_says_no_ruler_names_the_outlines_and_labels_the_colour_bar(random_models):
@@ -112,7 +119,7 @@ def test_explorer_says_no_ruler_names_the_outlines_and_labels_the_colour_bar(ran
     legend = [t.get_text() for t in e.figure.axes[0].get_legend().get_texts()]
     assert legend == ["lesion", "ruler"]
     bar = e.figure.axes[2]  # the colour bar's axes
-    assert bar.get_ylabel() == "|gradient| of the nv score (RGB sum)"
+    assert bar.get_ylabel() == f"|gradient| of the {e.target} score (RGB sum)"
     e.controls["ruler"].value = "off"
     map_title = e.figure.axes[1].get_title()
     assert "no ruler" in map_title and "nan" not in map_title
@@ -127,7 +134,7 @@ def test_explorer_controls_show_their_state_and_sit_in_compact_rows(random_model
     e = Explorer("saliency", models=random_models)
     c = e.controls
     toggles = [control for control in c.values() if isinstance(control, w.ToggleButtons)]
-    assert len(toggles) == 3
+    assert len(toggles) == 4
     for toggle in toggles:  # the selected button carries a check mark, and only it
         assert list(toggle.icons) == ["check" if o == toggle.value else "" for o in toggle.options]
         # description on the left of the buttons (as the dropdowns have it), buttons of a set width

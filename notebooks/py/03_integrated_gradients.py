@@ -430,9 +430,9 @@ assert blur_d["ruler mass"] > share
 # **Explore it yourself.** The explorer below recomputes Integrated Gradients for the image, model and
 # setting you pick: a clinic, a class and one of its 20 images, the ruler on or off, the shortcut or
 # the debiased model, and its number of steps and its baseline.
-# The map explains the class you pick, which is also the class of the image drawn, whatever the
-# model predicts. The image's title gives the prediction; the map's title, the class explained and
-# the map's mass on the ruler and on the lesion; the colour bar, what the colours measure. Before
+# The map explains the model's prediction; set "explain" to the image's class for the evidence for
+# the class you picked instead. The image's title gives the prediction; the map's title, the class
+# explained and the map's mass on the ruler and on the lesion; the colour bar, what the colours measure. Before
 # the notebook runs, and on GitHub, the cell shows a picture of the explorer's first view: its
 # controls need a running kernel. Every other method of the course is in its menu too.
 
