@@ -160,3 +160,48 @@ def table(rows, digits=3, *, index: str = "", rtol: float = RTOL, atol=ATOL) -> 
     for r in body:
         lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
     return "\n".join(line.rstrip() for line in lines)
+
+
+_CLAIM_OPS = {">": (lambda v, b, m: v > b + m, "above"), ">=": (lambda v, b, m: v >= b + m, "at least"),
+              "<": (lambda v, b, m: v < b - m, "below"), "<=": (lambda v, b, m: v <= b - m, "at most")}
+
+
+def claim(statement: str, value, op: str, bound, *, digits: int = 2, margin: float | None = None,
+          rtol: float = RTOL, atol: float = ATOL) -> str:
+    """State a measured claim in one sentence, after checking it: the notebook's replacement for a
+    bare ``assert`` in a teaching cell.
+
+    ``claim("the shortcut model's ruler mass is above twice the ruler's share", mass, ">", 2 * share)``
+    prints ``the shortcut model's ruler mass is above twice the ruler's share: 0.27 > 0.12`` and
+    returns that line. ``op`` is ">", ">=", "<" or "<=" ("between": ``bound`` is ``(low, high)``).
+    The claim must hold with room to spare, so that another CPU's round-off cannot turn it: by
+    ``margin`` (default ``rtol * |bound| + atol``, the round-off margin ``fmt`` uses); pass a larger
+    ``margin`` where the claim should survive more than round-off (a new draw of images). If the
+    claim does not hold, AssertionError says by how much. The figures are printed with ``fmt``
+    (``digits`` decimals, refused under ``COURSE_STRICT=1`` where round-off could move them).
+    """
+    if not isinstance(statement, str) or not statement.strip():
+        raise ValueError("statement must be a non-empty sentence saying what is claimed")
+    v = _scalar(value)
+    if op == "between":
+        if not (isinstance(bound, tuple | list) and len(bound) == 2):
+            raise ValueError(f"for op 'between', bound must be (low, high), got {bound!r}")
+        low, high = (_scalar(b) for b in bound)
+        m = rtol * max(abs(low), abs(high)) + atol if margin is None else float(margin)
+        holds, shown = low + m < v < high - m, f"{fmt(low, digits, rtol=rtol, atol=atol)} < {{v}} < " \
+                                               f"{fmt(high, digits, rtol=rtol, atol=atol)}"
+        gap = min(v - low, high - v) - m
+    elif op in _CLAIM_OPS:
+        b = _scalar(bound)
+        m = rtol * abs(b) + atol if margin is None else float(margin)
+        test, _ = _CLAIM_OPS[op]
+        holds, shown = test(v, b, m), f"{{v}} {op} {fmt(b, digits, rtol=rtol, atol=atol)}"
+        gap = (v - b if op in (">", ">=") else b - v) - m
+    else:
+        raise ValueError(f"op must be one of {[*_CLAIM_OPS, 'between']}, got {op!r}")
+    if math.isnan(v) or not holds:
+        raise AssertionError(f"claim does not hold: {statement} ({v!r} {op} {bound!r}, "
+                             f"short by {-gap:.3g} with a margin of {m:.3g})")
+    line = f"{statement}: " + shown.format(v=fmt(v, digits, rtol=rtol, atol=atol))
+    print(line)
+    return line

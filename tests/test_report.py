@@ -90,3 +90,26 @@ def test_prediction_margin():
         assert prediction_margin(model(x)) == pytest.approx(0.05)
     with pytest.raises(ValueError, match="scores"):
         prediction_margin(torch.ones(3))
+
+
+def test_claim_prints_one_sentence_with_its_figures_and_refuses_what_does_not_hold(capsys):
+    from helpers.report import claim
+
+    line = claim("the shortcut model's ruler mass is above twice the ruler's share", 0.27, ">", 2 * 0.06)
+    assert line == "the shortcut model's ruler mass is above twice the ruler's share: 0.27 > 0.12"
+    assert capsys.readouterr().out == line + "\n"
+    assert claim("the flip rate is at most 5%", torch.tensor(0.016), "<=", 0.05, digits=3).endswith("0.016 <= 0.050")
+    assert claim("the share is in range", 0.5, "between", (0.4, 0.6)).endswith("0.40 < 0.50 < 0.60")
+    with pytest.raises(AssertionError, match="claim does not hold: the ratio is above 2"):
+        claim("the ratio is above 2", 1.9, ">", 2)
+    # room to spare: a value within round-off of the bound could turn on another CPU
+    with pytest.raises(AssertionError, match="short by"):
+        claim("x is above 1", 1.0 + 1e-9, ">", 1.0)
+    with pytest.raises(AssertionError):
+        claim("x clears 1 by 0.1", 1.05, ">", 1.0, margin=0.1)
+    with pytest.raises(AssertionError):
+        claim("nan is nothing", float("nan"), "<", 1.0)
+    with pytest.raises(ValueError, match="op must be one of"):
+        claim("x", 1.0, "~", 1.0)
+    with pytest.raises(ValueError, match="statement"):
+        claim("", 1.0, ">", 0.0)
