@@ -266,7 +266,7 @@ CHEAT_SHEET = [
          question="where does a ViT's class token attend?",
          fails='attention is not evidence: compare with relevance or occlusion',
          evidence=[
-             ('11', 'ViT shortcut                            0.53             0.31              0.09',
+             ('11', 'ViT shortcut                            0.53             0.31              0.40              0.09',
               "the ruler's causal share 0.53; Grad-CAM says 0.31, occlusion 0.09"),
          ]),
     dict(method='SAE latents', notebook='14',
