@@ -28,11 +28,14 @@
 # - compute the deconvnet with `helpers.deconv.deconvnet` and check it against Captum;
 # - build Zeiler & Fergus's projection by hand (unpooling with switches, rectification,
 #   transposed convolutions) and say when it equals autograd's;
+# - write a convolution as a matrix $W$ and its transpose as $W^\top$, and say why $W^\top$ is not
+#   an inverse;
+# - test whether a projection says more than where its unit peaked;
 # - write a transposed convolution, show it is the gradient of a convolution, and explain
 #   checkerboard artifacts and the pixel-shuffle alternative;
 # - measure whether a map tells the classes apart.
 #
-# **Time to run:** about 25 s on 2 CPU cores.
+# **Time to run:** about 30 s on 2 CPU cores.
 
 # %%
 import inspect
