@@ -17,21 +17,25 @@
 # # 09 · Deconvnets: projecting a unit back to pixels
 #
 # **The question.** Notebook 08 found the real images and positions where DermNet's melanoma
-# channels fire most. Which *pixels* of such an image made the unit fire? Zeiler & Fergus (2014)
-# answered with a **deconvnet**: keep one activation, zero the rest of its layer, and send it back
-# down the network, undoing each layer in turn. It is the ancestor of every backpropagation map in
-# this course, and the simplest place to see where their pictures come from.
+# channels fire most. Which *pixels* of such an image made the unit fire? Zeiler & Fergus (2014,
+# [arXiv:1311.2901](https://arxiv.org/abs/1311.2901)) answered with a **deconvnet**: keep one
+# activation, zero the rest of its layer, and send it back down the network, undoing each layer in
+# turn. It is a close relative of the gradient map (Simonyan et al., published the same winter),
+# and the simplest place to see where the pictures of backpropagation maps come from.
 #
 # **After this notebook you will be able to**
 # - say how saliency, guided backprop and the deconvnet differ: only in what a ReLU passes back;
 # - compute the deconvnet with `helpers.deconv.deconvnet` and check it against Captum;
 # - build Zeiler & Fergus's projection by hand (unpooling with switches, rectification,
 #   transposed convolutions) and say when it equals autograd's;
+# - write a convolution as a matrix $W$ and its transpose as $W^\top$, and say why $W^\top$ is not
+#   an inverse;
+# - test whether a projection says more than where its unit peaked;
 # - write a transposed convolution, show it is the gradient of a convolution, and explain
 #   checkerboard artifacts and the pixel-shuffle alternative;
 # - measure whether a map tells the classes apart.
 #
-# **Time to run:** about 25 s on 2 CPU cores.
+# **Time to run:** about 30 s on 2 CPU cores.
 
 # %%
 import inspect
@@ -50,9 +54,10 @@ from helpers.deconv import (RULES, conv_transpose2d, deconvnet, relu_backward, r
                             zeiler_fergus)
 from helpers.featurevis import top_activating
 from helpers.hooks import capture, count_hooks
-from helpers.metrics import mask_mass, mask_share, rank_correlation
+from helpers.evaluation import bootstrap_ci
+from helpers.metrics import edge_strength, mask_mass, mask_share, rank_correlation
 from helpers.models import load_dermnet
-from helpers.report import agree, table
+from helpers.report import agree, fmt, table
 from helpers.train import TEST_SEEDS
 
 warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")  # Captum, expected
@@ -74,8 +79,8 @@ print(f"{len(test_a)} clinic-A and {len(test_b)} clinic-B held-out images")
 # | rule | what the ReLU passes back | paper |
 # |---|---|---|
 # | gradient (saliency) | $R \cdot [h > 0]$ | Simonyan et al. 2014 |
-# | guided backprop | $\max(R, 0) \cdot [h > 0]$ | Springenberg et al. 2015 |
-# | deconvnet | $\max(R, 0)$ | Zeiler & Fergus 2014 |
+# | guided backprop | $\max(R, 0) \cdot [h > 0]$ | Springenberg et al. 2015, [arXiv](https://arxiv.org/abs/1412.6806) |
+# | deconvnet | $\max(R, 0)$ | Zeiler & Fergus 2014, [arXiv](https://arxiv.org/abs/1311.2901) |
 #
 # The gradient keeps the forward mask; the deconvnet keeps the sign rule and throws the forward
 # mask away; guided backprop keeps both. `helpers.deconv.relu_backward` is the whole difference:
@@ -117,8 +122,12 @@ for rule in RULES:
                     "ruler mass": mask_mass(m, masks_rm["ruler"]).mean()}
 spread["(uniform map)"] = {"lesion mass": mask_share(masks_rm["lesion"]).mean(),
                            "ruler mass": mask_share(masks_rm["ruler"]).mean()}
-print(table(spread, 2, index="shortcut, mel score, 32 images"))
 uniform = spread["(uniform map)"]
+for rule in RULES:  # how many times a uniform map's share
+    spread[rule] |= {"lesion / uniform": spread[rule]["lesion mass"] / uniform["lesion mass"],
+                     "ruler / uniform": spread[rule]["ruler mass"] / uniform["ruler mass"]}
+print(table(spread, {"lesion mass": 2, "ruler mass": 2, "lesion / uniform": 1, "ruler / uniform": 1},
+            index="shortcut, mel score, 32 images"))
 for rule in ("gradient", "guided"):
     assert float(spread[rule]["lesion mass"]) > 1.5 * float(uniform["lesion mass"])
     assert float(spread[rule]["ruler mass"]) > 1.5 * float(uniform["ruler mass"])
@@ -126,10 +135,10 @@ assert float(spread["deconvnet"]["lesion mass"]) < 1.4 * float(uniform["lesion m
 assert float(spread["deconvnet"]["ruler mass"]) < float(uniform["ruler mass"])
 
 # %% [markdown]
-# The gradient and guided backprop put one and a half to two times a uniform map's share on the
-# lesion and on the ruler. The deconvnet's map of the class score is spread almost evenly: a
-# little more than a uniform map on the lesion, less than a uniform map on the ruler, although
-# this model's melanoma score rests on the ruler. With no
+# The last two columns divide by the uniform map's share. The gradient puts 2.0 times a uniform
+# map's share on the lesion and 1.7 times on the ruler; guided backprop 2.3 times on both. The
+# deconvnet's map of the class score is spread almost evenly: 1.3 times on the lesion, 0.8 times
+# (less than a uniform map) on the ruler, although this model's melanoma score rests on the ruler. With no
 # forward mask at the ReLUs it has little of the image to work from (section 3 says exactly what).
 #
 # ## 2. Check against Captum
@@ -240,7 +249,21 @@ plt.show()
 # 4. **The same starting signal.** A gradient starts from 1, Zeiler & Fergus from the activation:
 #    the two differ by that factor (above: Captum's `NeuronDeconvolution` times the activation).
 #
-# Conditions 2 and 3, computed:
+# Conditions 1 to 3, computed. First, a model left in training mode is refused before anything
+# runs, and nothing of the model changes:
+
+# %%
+before = {k: v.clone() for k, v in shortcut.state_dict().items()}
+shortcut.train()
+try:
+    deconvnet(shortcut, x8, t8)
+except ValueError as err:
+    print("helpers.deconv.deconvnet:", err)
+finally:
+    shortcut.eval()
+unchanged = all(torch.equal(v, shortcut.state_dict()[k]) for k, v in before.items())
+print(f"back in eval mode: {not shortcut.training}; weights and BatchNorm statistics unchanged: {unchanged}")
+
 
 # %%
 class FunctionalReLU(nn.Module):
@@ -275,7 +298,9 @@ print(f"3x3 windows, stride 2, four windows share the centre: autograd passes ba
       f"there, max_unpool2d writes {written[0, 0, 2, 2]:.0f}")
 
 # %% [markdown]
-# Captum's `Deconvolution` on a model whose only ReLU is a function call returns the plain
+# In training mode BatchNorm would normalize by the batch's own statistics (and update its running
+# ones), so the helpers refuse rather than return a different map. Captum's `Deconvolution` on a
+# model whose only ReLU is a function call returns the plain
 # gradient, with no warning; ours refuses a model with no `nn.ReLU` to override. And a pixel that
 # wins four overlapping windows receives four contributions from autograd and one from
 # `max_unpool2d`.
@@ -288,8 +313,71 @@ print(f"3x3 windows, stride 2, four windows share the centre: autograd passes ba
 #
 # ## 4. Transposed convolution
 #
-# A convolution with stride $s$ maps each $k \times k$ patch of its input to one output pixel. Its
-# **transpose** runs the other way: each input pixel spreads a copy of the kernel, weighted by its
+# A convolution is a linear map, so it is a matrix. In one dimension first: 8 inputs padded with
+# 2 zeros at each end (12 entries), a filter of size $f = 4$, stride $s = 2$. The output has
+# $(12 - 4)/2 + 1 = 5$ entries, and $y = W x$ with a $5 \times 12$ matrix $W$ whose rows are the
+# filter, shifted by the stride. Take the edge filter $(-1, 0, 0, 1)$:
+
+# %%
+w1 = torch.tensor([-1.0, 0, 0, 1], dtype=torch.float64)
+n_x, f, s1 = 12, 4, 2
+n_y = (n_x - f) // s1 + 1
+W = torch.zeros(n_y, n_x, dtype=torch.float64)
+for i in range(n_y):
+    W[i, i * s1:i * s1 + f] = w1  # row i: the filter, shifted by i strides
+print(f"W ({n_y}x{n_x}):\n" + "\n".join(" ".join(f"{int(v):2d}" for v in row) for row in W))
+g1 = torch.Generator().manual_seed(0)
+x1 = F.pad(torch.randn(8, generator=g1, dtype=torch.float64), (2, 2))  # 8 inputs, 2 zeros at each end
+y1 = W @ x1
+_ = agree("W x vs F.conv1d(x, w, stride 2)", y1, F.conv1d(x1[None, None], w1[None, None], stride=2)[0, 0],
+          atol=1e-12)
+_ = agree("W^T y vs F.conv_transpose1d(y, w, stride 2)", W.T @ y1,
+          F.conv_transpose1d(y1[None, None], w1[None, None], stride=2)[0, 0], atol=1e-12)
+spaced = torch.zeros((n_y - 1) * s1 + 1, dtype=torch.float64)
+spaced[::s1] = y1  # s - 1 = 1 zero between the entries of y
+zero_inserted = F.pad(spaced, (f - 1, f - 1))  # and f - 1 = 3 zeros at each end: 15 entries
+_ = agree("zero insertion + the flipped filter (w4, w3, w2, w1) vs W^T y",
+          F.conv1d(zero_inserted[None, None], w1.flip(0)[None, None])[0, 0], W.T @ y1, atol=1e-12)
+
+# %% [markdown]
+# So the **transposed convolution** is $W^\top$, and it is itself a convolution: insert $s - 1$
+# zeros between the entries of $y$, pad with $f - 1$ zeros, and slide the *flipped* filter over it.
+# That is why exercise 1's checker knows the "flipped kernel" slip.
+#
+# $W^\top$ undoes $W$ only if $W^\top W = I$. It is sometimes said that with this edge filter $W$ is
+# orthogonal and back-projection is exact. Its *rows* are orthogonal, but $W$ has 12 columns and
+# only 5 rows, so it cannot be: measured on the random $x$ above, and, as a control, on an $x$ made
+# to lie in the span of $W$'s rows ($x = W^\top v$), where the back-projection must be exact:
+
+# %%
+print("W W^T =", (W @ W.T).int().tolist())
+print(f"rank of W: {int(torch.linalg.matrix_rank(W))}, of {n_x} columns: W^T W cannot be the identity")
+in_rows = W.T @ torch.randn(n_y, generator=g1, dtype=torch.float64)
+print(table({"x: 8 random inputs, padded": {"|W^T W x / 2 - x| / |x|": (W.T @ (W @ x1) / 2 - x1).norm() / x1.norm()},
+             "x = W^T v (in the row space)": {"|W^T W x / 2 - x| / |x|":
+                                              (W.T @ (W @ in_rows) / 2 - in_rows).norm() / in_rows.norm()}},
+            2, index="back-projection W^T y / 2"))
+
+# %% [markdown]
+# $W W^\top = 2I$, yet $W^\top y / 2$ misses a random $x$ by most of its length: five numbers cannot
+# hold twelve. The claim of exactness is false; back-projection returns only the part of $x$ that
+# $W$ can see, exact for an $x$ already in that part. A deconvnet's "filter" step is this $W^\top$,
+# never an inverse.
+#
+# **Two meanings of "sub-pixel convolution".** Some texts give that name to the zero insertion
+# above (a convolution at stride $1/s$, between the pixels); Shi et al. (2016) give it to the
+# pixel-shuffle layer later in this section. They are one linear map arranged two ways: the even
+# outputs of $W^\top y$ use only the filter's even taps, the odd outputs only its odd taps, so the
+# transposed convolution is $s$ stride-1 convolutions of $y$, interleaved, which is what pixel
+# shuffle computes:
+
+# %%
+phases = [F.conv_transpose1d(y1[None, None], w1[p::s1][None, None])[0, 0] for p in range(s1)]
+_ = agree("W^T y vs two stride-1 convolutions (even taps, odd taps), interleaved", W.T @ y1,
+          torch.stack(phases, 1).flatten(), atol=1e-12)
+
+# %% [markdown]
+# In two dimensions the same holds: each input pixel spreads a copy of the kernel, weighted by its
 # value, over a $k \times k$ patch of the output, at $s$ times its position, and overlapping
 # copies add up. By hand, one strided slice per kernel offset:
 
@@ -387,17 +475,20 @@ assert s["transposed conv, k=3, s=2"] > s["transposed conv, k=4, s=2"] + 0.1 > 0
 assert abs(s["transposed conv, k=4, s=2"] - s["pixel shuffle, random init"]) < 0.1
 assert s["pixel shuffle, ICNR init"] < 1e-3 and s["nearest resize + conv"] < 1e-3
 
-fig, axes = plt.subplots(1, len(upsamplers), figsize=(12, 2.6))
+fig, axes = plt.subplots(1, len(upsamplers), figsize=(12, 2.9), layout="constrained")
 for ax, (name, make) in zip(axes, upsamplers.items(), strict=True):
-    out = make(torch.ones(1, 8, 12, 12), torch.Generator().manual_seed(0)).abs().sum(1)[0, 2:-2, 2:-2]
-    ax.imshow(out, cmap=viz.MAGNITUDE_CMAP)
-    ax.set_title(name, fontsize=8)
+    out = make(torch.ones(1, 8, 12, 12), torch.Generator().manual_seed(0)).abs().sum(1)
+    ph = phase_means(out)
+    im = ax.imshow(out[0, 2:-2, 2:-2] / out[0, 2:-2, 2:-2].mean(), cmap=viz.MAGNITUDE_CMAP, vmin=0.5, vmax=1.5)
+    ax.set_title(f"{name}\nstd/mean of phases {fmt(ph.std() / ph.mean(), 2)}", fontsize=8)
     ax.axis("off")
-plt.tight_layout()
+fig.colorbar(im, ax=axes, shrink=0.8, label="output / its mean")
 plt.show()
 
 # %% [markdown]
-# The uneven overlap gives $k = 3, s = 2$ the strongest checkerboard. $k = 4$ removes the
+# The figure shows one draw of each (its own std/mean in the title), every panel divided by its
+# mean and drawn on one colour scale, so a flat output is one even colour. The uneven overlap
+# gives $k = 3, s = 2$ the strongest checkerboard. $k = 4$ removes the
 # geometric part and leaves what random weights add: about as much as pixel shuffle with four
 # random sub-kernels, the same cause. ICNR and resize-convolution give none at all (at
 # initialization; training can still learn one).
@@ -440,7 +531,7 @@ def tick_contrast(projection, images, ruler):
     return (mag * ticks).sum((1, 2)) / ticks.sum((1, 2)) / ((mag * paper).sum((1, 2)) / paper.sum((1, 2)))
 
 
-found, examples = {}, {}
+found, examples, peaks = {}, {}, {}
 for name, model in (("shortcut", shortcut), ("debiased", debiased)):
     for c in channels[name]:
         idx, ys, xs_, value = top_activating(model, "layer4", c, test_b.images, k=10)
@@ -457,6 +548,7 @@ for name, model in (("shortcut", shortcut), ("debiased", debiased)):
             "ticks/paper, deconvnet": tick_contrast(proj[has], images[has], ruler[has]).median(),
             "ticks/paper, guided": tick_contrast(guided[has], images[has], ruler[has]).median()}
         examples[f"{name} channel {c}"] = (images[:3], proj[:3], guided[:3])
+        peaks[f"{name} channel {c}"] = (idx, ys, xs_, proj)
 print(table(found, {"ruler mass": 2, "ruler share": 3, "ticks/paper, deconvnet": 1, "ticks/paper, guided": 1},
             index="layer4 channel, top 9 clinic-B images"))
 rows_s = [found[f"shortcut channel {c}"] for c in channels["shortcut"]]
@@ -475,11 +567,130 @@ plt.show()
 # %% [markdown]
 # The shortcut model's melanoma channels are projected onto the ruler: nearly three times the
 # ruler's share of the image, where the debiased model's channels put less than the ruler's share
-# there. So the deconvnet confirms notebook 08's dataset search: those units respond to the
-# ruler. But the deconvnet does **not trace the ticks**: its projection is a grainy blob over the
+# there. But the deconvnet does **not trace the ticks**: its projection is a grainy blob over the
 # unit's peak, about as strong on the blank paper as on the tick marks. Guided backprop of the
 # same unit, which keeps the forward ReLU masks, does single out the ticks: the forward mask is
 # where the image's detail comes from.
+#
+# Is the ruler mass evidence about the image, or only about where the peak is? Section 3 says the
+# image enters a DermNet projection only through one layer of switches, and the peaks themselves
+# came from notebook 08's search, which found them on the ruler. Three controls keep the peak's
+# position and take away something else:
+#
+# - **the ruler-free twin**: the same image drawn without its ruler (DermSynth changes the ruler
+#   and nothing else), the same unit projected from the same position;
+# - **a random channel** of `layer4` (not one of the three), projected from the same positions;
+# - **a Gaussian blob** centred on the peak's cell of the 8×8 grid, 8 pixels (one cell) wide,
+#   which knows nothing but the position.
+#
+# The unit need not fire on the twin, and a random channel need not fire at all, so these
+# projections start from 1 instead of the activation: Captum's `NeuronDeconvolution`, which
+# section 3 checked equals ours divided by the activation. A share of the magnitude does not depend
+# on that factor. The ruler mask is the original image's in every row.
+
+# %%
+twin_b = make_dataset(1000, clinic="B", seed=TEST_SEEDS["B"], ruler=False)  # the same images, no ruler
+size = test_b.images.shape[-1]
+cell = size // 8  # pixels per cell of layer4's 8x8 grid
+grid_y, grid_x = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+
+
+def projection_from_one(model, layer, images, c, ys, xs):
+    """The deconvnet projection of the layer's unit (c, y, x) per image, started from 1."""
+    return NeuronDeconvolution(model, layer).attribute(
+        images.clone(), neuron_selector=lambda out: out[torch.arange(len(out)), c, ys, xs])
+
+
+gen = torch.Generator().manual_seed(0)
+spare = [c for c in range(shortcut.fc.in_features) if c not in channels["shortcut"]]
+controls = {}
+for c in channels["shortcut"]:
+    idx, ys, xs_, proj = peaks[f"shortcut channel {c}"]
+    ruler = test_b.masks["ruler"][idx]
+    assert bool(test_b.has_ruler[idx].all())  # all nine have a ruler (table above)
+    c_random = spare[int(torch.randint(len(spare), (1,), generator=gen))]
+    blob = torch.exp(-((grid_y - (ys[:, None, None] + 0.5) * cell) ** 2
+                       + (grid_x - (xs_[:, None, None] + 0.5) * cell) ** 2) / (2 * cell ** 2))[:, None]
+    with capture(shortcut, "layer4") as rec, torch.no_grad():
+        shortcut(torch.cat([test_b.images[idx], twin_b.images[idx]]))
+    act = rec.activation[:, c].flatten(1).gather(1, torch.cat([ys * 8 + xs_] * 2)[:, None])[:, 0]
+    controls[f"channel {c}"] = {
+        "activation, image": act[:9].mean(), "activation, twin": act[9:].mean(),
+        "ruler mass: the unit": mask_mass(proj, ruler).mean(),
+        "on the twin": mask_mass(projection_from_one(shortcut, shortcut.layer4, twin_b.images[idx], c, ys, xs_),
+                                 ruler).mean(),
+        "random channel": mask_mass(projection_from_one(shortcut, shortcut.layer4, test_b.images[idx], c_random,
+                                                         ys, xs_), ruler).mean(),
+        "blob at the peak": mask_mass(blob, ruler).mean(),
+        "ruler share": mask_share(ruler).mean()}
+print(table(controls, {"activation, image": 1, "activation, twin": 1, "ruler mass: the unit": 2, "on the twin": 2,
+                      "random channel": 2, "blob at the peak": 2, "ruler share": 3},
+            index="shortcut, top 9 clinic-B images"))
+
+# %% [markdown]
+# Without its ruler, the unit all but stops firing (activation 11 to 15 on the images, at most 0.8
+# on their twins): that is the forward pass telling us the unit responds to the ruler. The
+# projection says nothing more. Projected from the same position, the unit puts the same share on
+# where the ruler was when there is no ruler (0.34 to 0.36, against 0.35 to 0.36); a random channel
+# from the same positions puts 0.27 to 0.34 there, and a blob that knows only the position 0.42 to
+# 0.48. **The deconvnet adds nothing beyond the peak's position here**: its ruler mass restates
+# where notebook 08's search found the peaks, and is no independent evidence that the units look
+# at the ruler.
+#
+# ### One max-pool, or one after every block
+#
+# That is a fact about DermNet, not about deconvnets. Zeiler & Fergus worked on AlexNet, which has
+# three (overlapping) max-pools; DermNet has one 2×2 max-pool, in its stem. Every pool adds a
+# layer of switches, and the switches are the only way the image enters a projection. To see what
+# they carry, take a small VGG-style network with a 2×2 max-pool after each of three blocks
+# (conv 3×3, ReLU, pool; then a last conv and ReLU: an 8×8 grid like `layer4`'s) and *random*
+# weights, so that nothing it shows can come from training. As a control, the same network with
+# average pools: it has no switches, so its projections cannot depend on the image at all.
+#
+# The measure: project the centre unit (4, 4) of 8 channels on 32 clinic-B images (started from
+# 1), and take the rank correlation, over the 32×32 pixels around the centre, between the
+# projection's magnitude and the image's edges (`helpers.metrics.edge_strength`), minus the same
+# with *another* image's edges. Above 0: the projection follows its own image.
+
+# %%
+def vgg_style(pool):
+    """Three blocks conv 3x3 -> ReLU -> pool 2x2, then conv -> ReLU; random weights (seed 0)."""
+    torch.manual_seed(0)
+    layers = []
+    for c_in, c_out in ((3, 16), (16, 32), (32, 64)):
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), pool(2)]
+    return nn.Sequential(*layers, nn.Conv2d(64, 64, 3, padding=1), nn.ReLU()).eval()
+
+
+vgg_max, vgg_avg = vgg_style(nn.MaxPool2d), vgg_style(nn.AvgPool2d)
+nets = {"DermNet (shortcut), layer4": (shortcut, shortcut.layer4),
+        "VGG-style, random, 3 max-pools": (vgg_max, vgg_max[-1]),
+        "the same with average pools": (vgg_avg, vgg_avg[-1])}
+x32b, centre, chans = test_b.images[:32], slice(16, 48), torch.arange(0, 64, 8)
+edges = edge_strength(x32b)[:, 0, centre, centre].repeat(len(chans), 1, 1)  # row r: image r % 32
+other_edges = edge_strength(x32b.roll(1, 0))[:, 0, centre, centre].repeat(len(chans), 1, 1)
+follows, shown = {}, {}
+for name, (model, layer) in nets.items():
+    proj = projection_from_one(model, layer, x32b.repeat(len(chans), 1, 1, 1), chans.repeat_interleave(32), 4, 4)
+    mag = proj.abs().sum(1)[:, centre, centre]
+    own, other = rank_correlation(mag, edges), rank_correlation(mag, other_edges)
+    mean, low, high = bootstrap_ci((own - other).view(len(chans), 32).mean(0))  # per image, over images
+    follows[name] = {"own image's edges": own.mean(), "another image's": other.mean(),
+                     "difference": mean, "95% interval": f"[{fmt(low, 2)}, {fmt(high, 2)}]"}
+    shown[name] = proj[:2]
+print(table(follows, 2, atol=1e-3, index="projection vs edges, rank corr."))
+fig = viz.attribution_grid(x32b[:2], shown, row_titles=["image 0", "image 1"], signed=False)
+plt.show()
+
+# %% [markdown]
+# With the switches of three max-pools, the random network's projections follow their own image's
+# edges a little more than another image's: a difference of 0.05, with an interval that just
+# reaches 0. DermNet's, with one max-pool, differ by 0.01, inside an interval around 0 as wide as
+# the average-pool control's, which by construction cannot follow the image. The structural point
+# holds whatever the weights: without switches a deconvnet projection cannot depend on the image,
+# and each max-pool adds a way in. With random weights that way in is narrow; how much wider
+# Zeiler & Fergus's trained AlexNet filters make it, this notebook does not measure. So do not
+# carry "deconvnets show nothing" from DermNet, which has one max-pool, to a network with many.
 #
 # ### Does the map depend on the class it explains?
 #
@@ -517,8 +728,9 @@ for name in ("shortcut", "debiased"):
 # at the top, as the positive part of the class's row of `fc` (the deconvnet rectifies the signal
 # at `layer4`'s last ReLU), and the image enters only through the switches of one max-pool. So a
 # deconvnet (or guided backprop) map is not evidence about the class; it says which image structure
-# the network's downward path reconstructs. The sanity checks of Adebayo et al. (2018) test for
-# exactly this: a map that barely changes when the class, or the model's weights, change.
+# the network's downward path reconstructs. Nie et al. test exactly this, the class; the sanity
+# checks of Adebayo et al. (2018, notebook 12) test the neighbouring failure, a map that barely
+# changes when the model's weights or the training labels are randomized.
 #
 # ## 6. Pitfalls and limits
 #
@@ -527,7 +739,10 @@ for name in ("shortcut", "debiased"):
 # - **Only `nn.ReLU` modules are rectified.** A `torch.relu` call in `forward` keeps the plain
 #   gradient there: Captum's `Deconvolution` says nothing (section 3), `relu_rule` warns and counts
 #   the calls. In-place ReLUs, and one ReLU module reused across a block (torchvision's ResNets),
-#   are rectified: the rule replaces each module's forward for the call, as Captum's hooks do.
+#   are rectified: the rule replaces each module's forward for the call, as Captum's hooks do
+#   (notebook 15 computes this case on torchvision's resnet18; this notebook does not).
+# - **The image enters only through the switches.** With one max-pool (DermNet) a projection
+#   restates where its unit peaked (section 5's controls); more pools let more of the image in.
 # - **`max_unpool2d` writes, it does not add.** With overlapping pooling windows it is not the
 #   transpose of pooling (section 3).
 # - **A projection is not a part of the image.** It is a picture drawn through the network's
@@ -565,8 +780,15 @@ check_conv_transpose(my_conv_transpose)
 # <details><summary>Solution</summary>
 #
 # ```python
-# out[:, :, i * stride:i * stride + k, j * stride:j * stride + k] += torch.einsum(
-#     "bc,cokl->bokl", y[:, :, i, j], weight)
+# def my_conv_transpose(y, weight, stride, padding):
+#     b, _, h, w = y.shape
+#     _, c_out, k, _ = weight.shape
+#     out = y.new_zeros(b, c_out, (h - 1) * stride + k, (w - 1) * stride + k)
+#     for i in range(h):
+#         for j in range(w):
+#             out[:, :, i * stride:i * stride + k, j * stride:j * stride + k] += torch.einsum(
+#                 "bc,cokl->bokl", y[:, :, i, j], weight)
+#     return out[:, :, padding:out.shape[2] - padding, padding:out.shape[3] - padding]
 # ```
 # `helpers.deconv.conv_transpose2d` loops over the $k^2$ kernel offsets instead of the $hw$ input
 # pixels: the same sum, far fewer Python steps.
@@ -593,8 +815,13 @@ check_deconvnet_class_question(deconvnet_tells_the_class)
 # - A transposed convolution is the gradient of a convolution; uneven overlap ($k$ not a multiple
 #   of $s$) makes checkerboards, which pixel shuffle with ICNR or resize-convolution avoid, and
 #   DermNet's stride-2 layers leave that grain in its deconvnet maps.
+# - In one dimension, a stride-2 convolution is a 5×12 matrix $W$; the transposed convolution is
+#   $W^\top$, equal to zero insertion plus the flipped filter, and $W^\top y / 2$ does not recover
+#   $x$ even for an edge filter with orthogonal rows.
 # - On DermNet, the shortcut model's melanoma channels project onto the ruler (without tracing its
-#   ticks), and the deconvnet map barely depends on the class it explains, unlike Grad-CAM.
+#   ticks), but a ruler-free twin, a random channel and a blob at the peak do as well: the
+#   projection adds nothing beyond the peak's position. The deconvnet map also barely depends on
+#   the class it explains, unlike Grad-CAM.
 #
 # **Next: 10 · TCAV.** From pixels and units to human concepts: does the melanoma decision depend
 # on "ruler" as a concept, and is that statistically significant?
