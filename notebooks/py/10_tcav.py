@@ -532,6 +532,12 @@ fig = viz.image_grid(torch.cat([lesions.images[:4], toned["light"][:4], toned["d
 plt.show()
 
 # %% [markdown]
+# The recolouring is crude, and the pictures show where: the lesion mask reaches a little beyond
+# the visible lesion, so a ring of the original skin stays around it, and the dermoscope's dark
+# corners (outside their mask) change with the skin. Some of the changed decisions may answer to
+# those seams rather than to the tone; a cleaner intervention would redraw the skin under the
+# lesion's own transparency.
+#
 # Read the three answers together. Against random sets (the first table), only `layer4` gives
 # "significant" results, one bit each. Relative TCAV, dark rather than light: 1.0 at every layer
 # for the shortcut model, but two random sets score 0.8-0.9 on the same melanomas, so the
@@ -831,7 +837,7 @@ print(check_ink_question(shortcut_uses_ink, debiased_uses_ink))
 #   significant); the debiased model's does not, at any layer; both follow the veil. A confounded
 #   ruler set makes the debiased model look guilty, and a random-weights network "passes" 8 of its
 #   21 concept-layer tests: TCAV tests a direction, not a decision. The intervention tests the
-#   decision. On skin tone the intervention finds a small effect in both models, in opposite
+#   decision. On skin tone a crude recolouring finds a small effect in both models, in opposite
 #   directions (14 and 7 of 200 decisions change between light and dark skin), which TCAV's
 #   scores, against random sets or relative, could not size.
 #
