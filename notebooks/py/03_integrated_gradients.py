@@ -432,9 +432,9 @@ assert blur_d["ruler mass"] > share
 # the debiased model, and its number of steps and its baseline.
 # The map explains the model's prediction; set "explain" to the image's class for the evidence for
 # the class you picked instead. The image's title gives the prediction; the map's title, the class
-# explained and the map's mass on the ruler and on the lesion; the colour bar, what the colours measure. Before
-# the notebook runs, and on GitHub, the cell shows a picture of the explorer's first view: its
-# controls need a running kernel. Every other method of the course is in its menu too.
+# explained and the map's mass on the ruler and on the lesion; the colour bar, what the colours
+# measure. Before the notebook runs, and on GitHub, the cell shows a picture of the explorer's first
+# view: its controls need a running kernel. Every other method of the course is in its menu too.
 
 # %%
 # NBVAL_IGNORE_OUTPUT

@@ -572,14 +572,18 @@ check_fft_scale(my_fft_scale)
 # ```
 # </details>
 #
-# **Exercise 2.** Do the shortcut model's top melanoma channels fire on rulers *in images that are
-# not melanomas*? Answer from section 5, then let the checker run the search on 1,000 other
-# clinic-B images.
+# **Exercise 2.** Does the shortcut model's top melanoma channel fire on rulers *in images that
+# are not melanomas*? Measure it: pick the `layer4` channel with the largest fc weight for mel
+# times its mean activation on clinic-A melanomas, run `top_activating` for it over 1,000 clinic-B
+# images of your own (`make_dataset(1000, clinic="B", seed=...)`), and count its top 9 images that
+# have a ruler, and those of them that are not melanomas. Answer True if 5 or more have a ruler
+# (about 3 would be chance: 30% of clinic-B images have one) and 3 or more of those are not
+# melanomas. The checker runs the search on 1,000 other clinic-B images.
 
 # %%
 from helpers.exercises import check_ruler_channels_question  # noqa: E402
 
-fires_on_rulers_in_other_classes = False  # your answer: True or False
+fires_on_rulers_in_other_classes = None  # your answer, from your measurement: True or False
 check_ruler_channels_question(fires_on_rulers_in_other_classes)
 
 # %% [markdown]

@@ -794,14 +794,16 @@ check_conv_transpose(my_conv_transpose)
 # pixels: the same sum, far fewer Python steps.
 # </details>
 #
-# **Exercise 2.** On new images, could you tell from the shortcut model's deconvnet map alone
-# whether it explains mel or another class, as well as you could from Grad-CAM? Answer from
-# section 5; the checker measures it on 32 clinic-B images not used here.
+# **Exercise 2.** Could you tell from the shortcut model's deconvnet map alone whether it
+# explains mel or another class? Measure it on 32 clinic-B images of your own: the mean rank
+# correlation (`helpers.metrics.rank_correlation`) between the mel map and each other class's map,
+# for the deconvnet and, as the control, for Grad-CAM (`relu=False`). A method tells the classes
+# apart when that correlation is well below 0.5. The checker measures it on 32 other images.
 
 # %%
 from helpers.exercises import check_deconvnet_class_question  # noqa: E402
 
-deconvnet_tells_the_class = True  # your answer: True or False
+deconvnet_tells_the_class = None  # your answer, from your measurement: True or False
 check_deconvnet_class_question(deconvnet_tells_the_class)
 
 # %% [markdown]

@@ -227,8 +227,9 @@ print("shortcut model, the 100 melanomas' mel-logit gradients, mean pairwise cos
 #
 # In the tables below, "±" is the **standard deviation over the 20 CAVs** (the spread of single
 # CAVs' scores), not a standard error of the mean. First the picture: each bar is a concept's
-# mean score over its 20 CAVs, with their standard deviation; the shaded band is the null's mean
-# ± standard deviation (one per model and layer); a star marks a significant test.
+# mean score over its 20 CAVs, with their standard deviation (cut at 0 and 1, where a score
+# ends); the shaded band is the null's mean ± standard deviation (one per model and layer); a star
+# marks a significant test.
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), sharey=True)
@@ -238,7 +239,8 @@ for ax, layer in zip(axes, LAYERS):
         res = [results[name][(c, layer)] for c in CONCEPTS]
         pos = (x + (k - 0.5) * 0.4).tolist()
         means, sds = [r["score_mean"] for r in res], [r["score_std"] for r in res]
-        ax.bar(pos, means, 0.38, yerr=sds, color=tint, alpha=0.85, capsize=2, label=name, error_kw={"lw": 0.8})
+        bars = [[min(sd, m) for m, sd in zip(means, sds)], [min(sd, 1 - m) for m, sd in zip(means, sds)]]
+        ax.bar(pos, means, 0.38, yerr=bars, color=tint, alpha=0.85, capsize=2, label=name, error_kw={"lw": 0.8})
         null_mean, null_sd = res[0]["random_mean"], res[0]["random_std"]
         ax.axhspan(max(0, null_mean - null_sd), min(1, null_mean + null_sd), color=tint, alpha=0.08)
         for p, r in zip(pos, res):
@@ -248,7 +250,7 @@ for ax, layer in zip(axes, LAYERS):
     ax.set_ylim(0, 1.12)
     ax.set_title(layer)
 axes[0].set_ylabel("TCAV score for mel")
-axes[0].legend(loc="lower left", fontsize=8)
+axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
 plt.tight_layout()
 plt.show()
 
@@ -806,16 +808,23 @@ print(check_tcav_score(my_tcav_score))
 # ```
 # </details>
 #
-# **Exercise 2.** Does either model use **ink**? Read the tables of section 5 (a significant
-# score near 0 counts: the logit falls along the ink direction), then let the checker run the test
-# on fresh concept and random sets and show you the p-values.
+# **Exercise 2.** Does the shortcut model *use* **ink**? Answer with two measurements, which need
+# not agree:
+# - **TCAV**: is ink significant for mel at any of layer2-4? Run `tcav_experiment` for an ink set
+#   of your own (`concept_images("ink", 50, seed=...)`) against the 20 random sets of section 1,
+#   with `n_tests=21` for the Bonferroni correction.
+# - **The intervention**: `artifact_intervention(model, "ink", MEL, n=500)` draws 500 clinic-B
+#   lesions without and with ink; does adding ink turn more than 5% of the non-melanomas the model
+#   gets right into mel (notebook 15's bar for "uses")?
+#
+# The checker runs both on images the notebook did not use.
 
 # %%
 from helpers.exercises import check_ink_question  # noqa: E402
 
-shortcut_uses_ink = False  # your answers: True or False
-debiased_uses_ink = False
-print(check_ink_question(shortcut_uses_ink, debiased_uses_ink))
+ink_significant = None  # your answers, from your measurements: True or False
+ink_changes_decision = None
+print(check_ink_question(ink_significant, ink_changes_decision))
 
 # %% [markdown]
 # ## Summary

@@ -693,16 +693,18 @@ covers_zero = {name: [k for k, c in per_image.items()
                       <= bootstrap_ci(c[name] - truth[name][:len(c[name])])[2]] for name in maps}
 for name in maps:
     print(f"{name} ViT, miss interval contains 0: {', '.join(covers_zero[name]) or 'none'}")
-best = min(mean_miss, key=mean_miss.get)
+least = min(mean_miss.values())
+best = [k for k, v in mean_miss.items() if v <= least + 0.01]  # a tie within 0.01 is a tie
+assert all(abs(v - least - 0.01) > 1e-3 for v in mean_miss.values())  # and no method sits on that line
 gc_debiased = per_image["Grad-CAM, blocks[-1].norm1"]["debiased"].mean()
-print(f"smallest mean |miss| over the two models: {best}, {two(mean_miss[best])}; "
+print(f"smallest mean |miss| over the two models (and within 0.01 of it): {', '.join(best)}, {two(least)}; "
       f"Grad-CAM on the debiased ViT claims {two(gc_debiased)} against {two(truth['debiased'].mean())}")
 like_flat = [k for k, c in per_image.items() if k != "uniform map (control)"
              and bootstrap_ci(c["shortcut"] - uniform_i[:len(c["shortcut"])])[1] <= 0
              <= bootstrap_ci(c["shortcut"] - uniform_i[:len(c["shortcut"])])[2]]
 print(f"shortcut ViT, claim not told apart from the flat map's (the interval of the difference contains 0): "
       f"{', '.join(like_flat) or 'none'}")
-assert abs(mean_miss["uniform map (control)"] * 2 - float(uniform_i.mean() - truth["debiased"].mean())) < 0.1
+assert gc_debiased > max(c["debiased"].mean() for k, c in per_image.items() if not k.startswith("Grad-CAM")) + 0.1
 
 # %% [markdown]
 # The intervention answers the question the attention maps raised, but only one of the two
@@ -865,16 +867,18 @@ check_rollout(my_rollout)
 # ```
 # </details>
 #
-# **Exercise 2.** The debiased ViT was trained where rulers carry no label information. Look at
-# its rows in the tables of sections 9 and 11, then answer: does its last-block attention land on
-# the ruler more than the ruler's share of the image, and does its decision use the ruler? The
-# checker measures both on 16 *other* ruler images.
+# **Exercise 2.** The debiased ViT was trained where rulers carry no label information. Measure,
+# on 16 clinic-A images with a ruler of your own choosing (`make_dataset(..., clinic="A")`, and the
+# same seed with `ruler=False` for their twins): does its last block's CLS attention put more mass
+# on the ruler than the ruler's share of the image (`attention_maps`, `token_map`, `mask_mass`,
+# `mask_share`), and does removing the ruler move its mel logit by one logit or more on average?
+# The checker measures both on 16 other ruler images.
 
 # %%
 from helpers.exercises import check_debiased_vit_question  # noqa: E402
 
-attends_to_ruler = True  # more attention mass on the ruler than the ruler's share of the image?
-uses_ruler = True  # does removing the ruler change its melanoma score by a logit or more, on average?
+attends_to_ruler = None  # your answer, True or False: more attention on the ruler than its share?
+uses_ruler = None  # your answer, True or False: does removing the ruler move the mel logit by >= 1?
 check_debiased_vit_question(attends_to_ruler, uses_ruler)
 
 # %% [markdown]
