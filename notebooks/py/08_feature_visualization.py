@@ -30,7 +30,7 @@
 # - find the top-activating images of a channel and their receptive fields;
 # - measure whether DermNet's melanoma channels are ruler detectors.
 #
-# **Time to run:** about 50 s on 2 CPU cores.
+# **Time to run:** about 35 s on 2 CPU cores.
 
 # %%
 import inspect

@@ -35,7 +35,7 @@
 #   checkerboard artifacts and the pixel-shuffle alternative;
 # - measure whether a map tells the classes apart.
 #
-# **Time to run:** about 30 s on 2 CPU cores.
+# **Time to run:** about 20 s on 2 CPU cores.
 
 # %%
 import inspect

@@ -31,7 +31,7 @@
 # - check all of it against Captum's `TCAV`, and avoid its sharp edges;
 # - say what TCAV finds on the shortcut and the debiased DermNet, and what it cannot tell you.
 #
-# **Time to run:** about 45 s on 2 CPU cores.
+# **Time to run:** about 40 s on 2 CPU cores.
 
 # %%
 import inspect

@@ -30,7 +30,7 @@
 # - run the course's model-agnostic methods (IG, occlusion) on a ViT unchanged;
 # - decide with an intervention which attention map is right about the model.
 #
-# **Time to run:** about 45 s on 2 CPU cores.
+# **Time to run:** about 25 s on 2 CPU cores.
 
 # %%
 import inspect
