@@ -322,6 +322,7 @@ for row, question in enumerate(("ruler", "vignette", "melanoma")):
                        title=f"{question}: {layer} channel {c}")
 plt.tight_layout()
 plt.show()
+del acts_b, acts_on, acts_off  # 115 MB of activations, read only here
 
 # %% [markdown]
 # **What the crops show** (rows: the rule; columns: the layer).
@@ -373,6 +374,7 @@ for c in top_channels["shortcut"]:
 for c in top_channels["debiased"]:
     row = found[f"debiased channel {c}"]
     assert row["peak on the ruler"] == 0 and row["top-9 that are mel"] == 9
+del test_a, mel_a  # the 2,000 clinic-A images are not needed again
 
 # %% [markdown]
 # The shortcut model's three strongest melanoma channels fire on rulers: all nine of their top
@@ -509,6 +511,7 @@ fig = viz.image_grid(torch.cat([plain, diverse]), ncols=4, size=2.0,
                         f"tick {float(tick_share(diverse[i:i + 1])[0]):.3f}" for i in range(4)])
 fig.suptitle(f"mean pairwise distance: {float(d_plain):.2f} without, {float(d_diverse):.2f} with", y=1.02)
 plt.show()
+del test_b  # the 1,000 clinic-B images are not needed again: a learner keeps several kernels open
 
 # %% [markdown]
 # Without the penalty the four starts end in variations on one picture (the same blue-white

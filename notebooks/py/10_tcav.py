@@ -532,6 +532,7 @@ print(table(recolour_rows, index="200 clinic-B lesions"))
 fig = viz.image_grid(torch.cat([lesions.images[:4], toned["light"][:4], toned["dark"][:4]]),
                      titles=[t for t in ("as drawn", "light skin", "dark skin") for _ in range(4)], ncols=4, size=1.5)
 plt.show()
+del toned  # the recoloured lesions are not needed again
 
 # %% [markdown]
 # The recolouring is crude, and the pictures show where: the lesion mask reaches a little beyond
@@ -662,6 +663,7 @@ assert float(ruler_periodicity(vis).max()) < 0.2 * float(real)  # far from the l
 print(f"no visualization scores a fifth of the real rulers' median detector score ({fmt(real, 1, atol=0.01)})")
 print(f"high-frequency power in the 10-px frame, median: real ruler images {fmt(frame_real, 2)}, "
       f"random images (no ruler) {fmt(frame_random, 2)}")
+del pool, pool_acts  # the 300 sorted images and their activations are not needed again
 
 # %% [markdown]
 # Sorted by cosine, the real images agree with the CAV: the 20 pool images closest to either
